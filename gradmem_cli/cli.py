@@ -1,0 +1,284 @@
+"""The ``gradmem`` command line: thin wrappers over :mod:`gradmem_cli.engine`.
+
+Data goes to stdout, progress and errors to stderr. Heavy imports (torch, transformers) happen
+inside the commands, after ``--offline`` has set ``HF_HUB_OFFLINE``, which Hugging Face reads at
+import time; this also keeps ``--help`` fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+
+from gradmem_cli import __version__
+from gradmem_cli.errors import GradmemError, UsageError
+from gradmem_cli.write import WriteConfig
+
+app = typer.Typer(
+    help="Write documents into a few memory vectors by test-time gradient descent; answer from them later.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_W = WriteConfig()
+
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", help="Hugging Face id, model folder, .gguf file or alias "
+                 "[default: $GRADMEM_MODEL or smollm2-135m-instruct]"),
+]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+DtypeOpt = Annotated[str, typer.Option(help="Model dtype: float32, bfloat16 or float16.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON result on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables on stderr.")]
+OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never contact the Hugging Face Hub (sets HF_HUB_OFFLINE=1).")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+
+
+def _setup(offline: bool) -> None:
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _emit_json(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def _check_writable(folder: Path) -> None:
+    """Fail before the (slow) write if the output folder cannot take a file."""
+    if not folder.is_dir():
+        raise GradmemError(f"cannot write to {folder}: no such folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".gradmem-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise GradmemError(f"cannot write to {folder}: {exc.strerror}") from None
+
+
+def _output_paths(docs: list, output: Optional[Path]) -> list[Path]:
+    """Where each document's .gmem goes: ``-o`` file, ``-o`` folder, or next to each input."""
+    if output is None:
+        if any(d.path is None for d in docs):
+            raise UsageError("-o/--output is required when reading from stdin")
+        paths = [d.path.with_suffix(".gmem") for d in docs]
+    elif len(docs) == 1 and not output.is_dir():
+        if output.exists() and not output.is_file():
+            raise GradmemError(f"cannot write to {output}: not a regular file")
+        paths = [output]
+    else:
+        if output.exists() and not output.is_dir():
+            raise UsageError(f"with several inputs -o must be a folder, and {output} is a file")
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise GradmemError(f"cannot create folder {output}: {exc.strerror}") from None
+        paths = [output / f"{d.stem}.gmem" for d in docs]
+    for folder in {p.parent for p in paths}:
+        _check_writable(folder)
+    return paths
+
+
+@app.command()
+def write(
+    inputs: Annotated[list[str], typer.Argument(help="Text files, folders (their *.txt) or - for stdin.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output .gmem, or a folder for several inputs "
+                                                   "[default: next to each input]")] = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    mem_tokens: Annotated[int, typer.Option(help="Memory vectors per segment (m).")] = _W.mem_tokens,
+    segment_tokens: Annotated[int, typer.Option(help="Longest segment in tokens; longer texts are split.")] = _W.segment_tokens,
+    steps: Annotated[int, typer.Option(help="Most optimisation steps per segment.")] = _W.steps,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = _W.lr,
+    optimizer: Annotated[str, typer.Option(help="adam or sgd.")] = _W.optimizer,
+    schedule: Annotated[str, typer.Option(help="cosine (warm-up, then decay to 0 at --steps) or constant.")] = _W.schedule,
+    warmup: Annotated[float, typer.Option(help="Warm-up fraction of --steps.")] = _W.warmup,
+    init: Annotated[str, typer.Option(help="Initial memory: tokens (the segment's first m token embeddings) or random.")] = _W.init,
+    target_acc: Annotated[float, typer.Option(help="Stop at this teacher-forced token accuracy.")] = _W.target_acc,
+    margin: Annotated[float, typer.Option(help="At --target-acc 1, also require this logit margin on every token.")] = _W.margin,
+    batch_tokens: Annotated[int, typer.Option(help="Tokens optimised together per step across segments and files.")] = _W.batch_tokens,
+    seed: SeedOpt = _W.seed,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    offline: OfflineOpt = False,
+) -> None:
+    """Write text into memory vectors and save them as .gmem files (the text itself is not stored)."""
+    _setup(offline)
+    cfg = WriteConfig(
+        mem_tokens=mem_tokens, segment_tokens=segment_tokens, steps=steps, lr=lr, optimizer=optimizer,
+        schedule=schedule, warmup=warmup, init=init, target_acc=target_acc, margin=margin,
+        batch_tokens=batch_tokens, seed=seed,
+    ).validate()
+    from gradmem_cli import documents, engine, memfile
+    from gradmem_cli.models import load_model
+    from gradmem_cli.progress import console, make_progress
+
+    docs = documents.read_inputs(inputs)
+    paths = _output_paths(docs, output)
+    lm = load_model(model, device=device, dtype=dtype, quiet=quiet)
+    out_of = {id(d): p for d, p in zip(docs, paths)}
+    reports = []
+    with make_progress(quiet) as progress:
+        tasks: dict[int, int] = {}
+
+        def on_step(doc, seg, stats) -> None:
+            if id(doc) not in tasks:
+                tasks[id(doc)] = progress.add_task(doc.name, total=None, status="")
+            status = f"seg {seg + 1} step {stats.step} loss {stats.loss:.3f} acc {stats.accuracy:.3f}"
+            progress.update(tasks[id(doc)], status=status, advance=1 if stats.done else 0)
+
+        for doc, mem, report in engine.memorize(lm, docs, cfg, on_step):
+            path = out_of[id(doc)]
+            memfile.save(path, mem.memory, mem.header)
+            report.output = str(path)
+            reports.append(report)
+            progress.update(tasks[id(doc)], total=report.segments, completed=report.segments)
+            if not quiet and min(report.accuracy) < cfg.target_acc:
+                console.print(f"[yellow]warning:[/yellow] {doc.name}: not every segment reached "
+                              f"--target-acc {cfg.target_acc} in {cfg.steps} steps (accuracy {report.accuracy})")
+    if json_out:
+        _emit_json({"files": [r.to_dict() for r in reports]})
+    elif not quiet:
+        for r in reports:
+            console.print(f"{r.input} -> {r.output}: {r.tokens} tokens, {r.segments} segment(s), "
+                          f"steps {r.steps}, accuracy {r.accuracy}, {r.seconds:.1f} s")
+
+
+def _load_for(file: Path, model: Optional[str], device: str, dtype: str, quiet: bool):
+    from gradmem_cli import memfile
+    from gradmem_cli.models import load_model
+
+    mem = memfile.load(file)
+    return mem, load_model(model or mem.header.model_id, device=device, dtype=dtype, quiet=quiet)
+
+
+@app.command()
+def ask(
+    file: Annotated[Path, typer.Argument(help="A .gmem memory file.")],
+    question: Annotated[str, typer.Argument(help="The question, or - to read one question per line from stdin.")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Override the model named in the file "
+                                                 "(refused unless it is the same model).")] = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 128,
+    temperature: Annotated[float, typer.Option(help="0 = greedy; above 0 samples.")] = 0.0,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute the memory prefix for every question.")] = False,
+    seed: SeedOpt = 0,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    offline: OfflineOpt = False,
+) -> None:
+    """Answer a question from a memory file alone (the source text is not needed)."""
+    _setup(offline)
+    if max_new_tokens < 1:
+        raise UsageError("--max-new-tokens must be at least 1")
+    if temperature < 0:
+        raise UsageError("--temperature must be 0 or more")
+    from gradmem_cli import engine
+
+    mem, lm = _load_for(file, model, device, dtype, quiet)
+    reader = engine.open_reader(lm, mem, use_cache=not no_cache)
+    questions = [q.strip() for q in sys.stdin] if question == "-" else [question]
+    questions = [q for q in questions if q]
+    if not questions:
+        raise GradmemError("no question given")
+
+    def stream(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    for q in questions:
+        answer = reader.answer(q, max_new_tokens=max_new_tokens, temperature=temperature,
+                               on_text=None if json_out else stream, seed=seed)
+        if json_out:
+            _emit_json({"file": str(file), "question": q, "answer": answer.text, "model": lm.spec,
+                        "tokens": answer.tokens, "seconds": round(answer.seconds, 4),
+                        "first_token_seconds": None if answer.first_token_seconds is None
+                        else round(answer.first_token_seconds, 4)})
+        else:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+
+
+@app.command()
+def inspect(
+    file: Annotated[Path, typer.Argument(help="A .gmem memory file.")],
+    reconstruct: Annotated[bool, typer.Option("--reconstruct", help="Rebuild the text from memory alone (loads the model).")] = False,
+    against: Annotated[Optional[Path], typer.Option(help="Compare the rebuilt text with this source file (implies --reconstruct).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Override the model named in the file.")] = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    offline: OfflineOpt = False,
+) -> None:
+    """Show a memory file's metadata and sizes; optionally rebuild its text from memory."""
+    _setup(offline)
+    from gradmem_cli import documents, engine, memfile
+
+    mem = memfile.load(file)
+    source_text = documents.read_document(against).text if against else None
+    result: dict = {"file": str(file), "header": dataclasses.asdict(mem.header),
+                    "sizes": engine.sizes(mem, file.stat().st_size)}
+    if reconstruct or against:
+        _, lm = _load_for(file, model, device, dtype, quiet)
+        rebuilt = engine.rebuild(lm, mem)
+        result["reconstruction"] = {"text": lm.decode(rebuilt)}
+        if source_text is not None:
+            result["reconstruction"].update(engine.compare(lm, rebuilt, source_text))
+    if json_out:
+        _emit_json(result)
+        return
+    from gradmem_cli.views import show_inspect
+
+    show_inspect(result)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"gradmem {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+) -> None:
+    """gradmem: compress a document into a few memory vectors and ask it questions later."""
+
+
+def main() -> None:
+    """Entry point: one-line errors, exit 1 (2 for usage errors); GRADMEM_DEBUG=1 shows tracebacks."""
+    debug = os.environ.get("GRADMEM_DEBUG", "") not in ("", "0")
+    try:
+        app(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except GradmemError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2 if isinstance(exc, UsageError) else 1)
+    except Exception as exc:  # an unexpected failure: still one line unless debugging
+        if debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (set GRADMEM_DEBUG=1 for the traceback)", file=sys.stderr)
+        sys.exit(1)

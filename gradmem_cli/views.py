@@ -1,0 +1,58 @@
+"""Human-readable views (rich tables on stderr) of what the commands return as JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.table import Table
+
+from gradmem_cli.progress import console
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _cell(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def show_inspect(result: dict[str, Any]) -> None:
+    """Metadata and sizes as tables on stderr; the rebuilt text (data) on stdout."""
+    header, sizes = result["header"], result["sizes"]
+    meta = Table(title=result["file"], show_header=False, title_justify="left")
+    meta.add_column("field", style="bold")
+    meta.add_column("value", overflow="fold")
+    for key, value in header.items():
+        if key == "model_fingerprint":
+            value = {k: v for k, v in value.items() if k != "embedding"}
+        meta.add_row(key, _cell(value))
+    console.print(meta)
+    size = Table(title="sizes", show_header=False, title_justify="left")
+    size.add_column("what", style="bold")
+    size.add_column("value")
+    size.add_row("file", _human_bytes(sizes["file_bytes"]))
+    size.add_row("memory vectors", _human_bytes(sizes["memory_bytes"]))
+    size.add_row(f"KV cache of the source ({header['source']['tokens']} tokens, {header['dtype']})",
+                 _human_bytes(sizes["kv_cache_bytes"]))
+    size.add_row("KV cache / file", f"{sizes['kv_to_file_ratio']}x")
+    size.add_row("KV cache / memory vectors", f"{sizes['kv_to_memory_ratio']}x")
+    size.add_row("tokens per memory vector", str(sizes["tokens_per_vector"]))
+    console.print(size)
+    rec = result.get("reconstruction")
+    if rec:
+        if "exact_match" in rec:
+            console.print(f"exact_match: {rec['exact_match']}  token_accuracy: {rec['token_accuracy']:.4f} "
+                          f"({rec['rebuilt_tokens']} rebuilt / {rec['source_tokens']} source tokens)")
+        console.print("[bold]rebuilt from memory:[/bold]")
+        sys.stdout.write(rec["text"])
+        if not rec["text"].endswith("\n"):
+            sys.stdout.write("\n")
+        sys.stdout.flush()

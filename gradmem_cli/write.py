@@ -1,0 +1,252 @@
+"""WRITE: optimise memory vectors by gradient descent so a frozen LM reproduces a text.
+
+For each segment t_1..t_N the model sees ``[prefix; M; t_1..t_N]`` (prefix = the tokenizer's BOS,
+if it adds one) and the loss is the next-token cross-entropy of the text, the last memory slot
+predicting t_1, averaged over the segment's tokens. Only ``M`` is optimised; the model's weights
+are frozen. Segments of one or many documents are optimised together in batches; a segment
+leaves its batch as soon as it meets the stopping test, and a waiting one takes its place.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from gradmem_cli.errors import UsageError
+from gradmem_cli.models import LoadedModel
+
+
+@dataclass
+class WriteConfig:
+    """Settings of a WRITE; every field is recorded in the ``.gmem`` it produces."""
+
+    mem_tokens: int = 8
+    """m: memory vectors per segment (each one the size of a token embedding)."""
+    segment_tokens: int = 64
+    """Longest segment in tokens; longer texts are split into near-equal segments, each with m vectors."""
+    steps: int = 400
+    """Most optimisation steps per segment (the write stops earlier once the stopping test passes)."""
+    lr: float = 0.05
+    """Peak learning rate."""
+    optimizer: str = "adam"
+    """``adam`` (Adam, betas below) or ``sgd`` (plain SGD, the paper's inner-loop rule)."""
+    betas: tuple[float, float] = (0.9, 0.9)
+    """Adam's betas (Cramming used 0.9/0.9)."""
+    schedule: str = "cosine"
+    """``cosine``: linear warm-up then cosine decay to zero at ``steps``; ``constant``: ``lr`` throughout."""
+    warmup: float = 0.1
+    """Warm-up length as a fraction of ``steps`` (cosine schedule only)."""
+    init: str = "tokens"
+    """Initial memory: ``tokens`` = the embeddings of the segment's first m tokens (cycled if shorter);
+    ``random`` = Gaussian noise with the standard deviation of the embedding matrix (Cramming)."""
+    target_acc: float = 1.0
+    """Stop once teacher-forced token accuracy reaches this."""
+    margin: float = 1.0
+    """With target_acc 1.0, also require every token's logit to beat the runner-up by this much, so that
+    greedy decoding (whose arithmetic differs slightly from the training forward) rebuilds the text."""
+    seed: int = 0
+    """Seeds the random initial memory."""
+    batch_tokens: int = 2048
+    """Tokens optimised together in one forward/backward (several segments share a batch)."""
+    objective: str = "reconstruct"
+    """What the memory is optimised for; ``reconstruct`` = next-token loss of the text."""
+
+    def validate(self) -> WriteConfig:
+        checks = [
+            (self.mem_tokens >= 1, "--mem-tokens must be at least 1"),
+            (self.segment_tokens >= 1, "--segment-tokens must be at least 1"),
+            (self.steps >= 0, "--steps must be 0 or more"),
+            (self.lr > 0 and math.isfinite(self.lr), "--lr must be a positive number"),
+            (self.optimizer in ("adam", "sgd"), "--optimizer must be adam or sgd"),
+            (all(0 <= b < 1 for b in self.betas), "Adam betas must be in [0, 1)"),
+            (self.schedule in ("cosine", "constant"), "--schedule must be cosine or constant"),
+            (0 <= self.warmup < 1, "--warmup must be in [0, 1)"),
+            (self.init in ("tokens", "random"), "--init must be tokens or random"),
+            (0 < self.target_acc <= 1, "--target-acc must be in (0, 1]"),
+            (self.margin >= 0 and math.isfinite(self.margin), "--margin must be 0 or more"),
+            (self.batch_tokens >= 1, "--batch-tokens must be at least 1"),
+            (self.objective == "reconstruct", "--objective must be reconstruct"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def lr_at(self, step: int) -> float:
+        if self.schedule == "constant" or self.steps == 0:
+            return self.lr
+        warm = max(1, round(self.warmup * self.steps))
+        if step < warm:
+            return self.lr * (step + 1) / warm
+        progress = (step - warm) / max(1, self.steps - warm)
+        return self.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class SegmentResult:
+    """A written segment: its memory [m, d] (float32) and how the write went."""
+
+    index: int
+    tokens: int
+    memory: torch.Tensor
+    steps: int  # optimisation steps run
+    kept_step: int  # the step whose memory is kept: the solving step, else the best one seen
+    loss: float
+    accuracy: float
+    margin: float
+    solved: bool
+
+
+@dataclass
+class StepStats:
+    """Progress of one segment after a forward pass (passed to the progress callback)."""
+
+    index: int
+    step: int
+    loss: float
+    accuracy: float
+    done: bool
+
+
+class _Segment:
+    """Optimisation state of one segment: its memory parameter and the best memory seen."""
+
+    def __init__(self, index: int, ids: list[int], memory: torch.Tensor):
+        self.index = index
+        self.ids = ids
+        self.param = torch.nn.Parameter(memory)
+        self.step = 0
+        self.best: tuple[float, float] | None = None
+        self.best_result: SegmentResult | None = None
+
+    def record(self, loss: float, acc: float, margin: float, solved: bool) -> None:
+        key = (acc, -loss)
+        if self.best is None or key > self.best or solved:
+            self.best = key
+            self.best_result = SegmentResult(
+                self.index, len(self.ids), self.param.detach().clone(), self.step, self.step, loss, acc, margin,
+                solved,
+            )
+
+
+def initial_memory(lm: LoadedModel, ids: list[int], cfg: WriteConfig, generator: torch.Generator) -> torch.Tensor:
+    """The documented starting point M0 of a segment's memory (see ``WriteConfig.init``)."""
+    weight = lm.model.get_input_embeddings().weight
+    if cfg.init == "random":
+        std = weight.detach().float().std().item()
+        return torch.randn(cfg.mem_tokens, weight.shape[1], generator=generator) * std
+    cycled = [ids[i % len(ids)] for i in range(cfg.mem_tokens)]
+    return weight.detach()[torch.tensor(cycled, device=weight.device)].float().cpu().clone()
+
+
+def token_stats(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor):
+    """Per-row mean cross-entropy, token accuracy and minimum logit margin over real tokens."""
+    logits = logits.float()
+    ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    real = mask.float()
+    counts = real.sum(1).clamp(min=1)
+    loss = (ce * real).sum(1) / counts
+    with torch.no_grad():
+        gold = logits.gather(2, targets.unsqueeze(-1)).squeeze(-1)
+        others = logits.scatter(2, targets.unsqueeze(-1), float("-inf")).amax(2)
+        margin = torch.where(mask, gold - others, torch.full_like(gold, float("inf"))).amin(1)
+        acc = ((gold > others) & mask).float().sum(1) / counts
+    return loss, acc, margin
+
+
+def memory_forward(lm: LoadedModel, memories: list[torch.Tensor], seqs: list[list[int]]):
+    """Logits for every text token of each row of ``[prefix; M_i; t_i]`` (right-padded batch).
+
+    Returns (logits [B, L, V], targets [B, L], mask [B, L]); position j of row i holds the
+    prediction of token j from everything before it, the last memory slot predicting token 0.
+    """
+    device = lm.device
+    longest = max(len(s) for s in seqs)
+    prefix = torch.tensor(lm.prefix_ids, dtype=torch.long, device=device)
+    pad_id = lm.prefix_ids[0] if lm.prefix_ids else 0
+    targets = torch.full((len(seqs), longest), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(seqs), longest), dtype=torch.bool, device=device)
+    for i, s in enumerate(seqs):
+        targets[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = True
+    mem = torch.stack(memories).to(device=device, dtype=lm.dtype)
+    parts = [lm.embed(prefix).unsqueeze(0).expand(len(seqs), -1, -1)] if len(prefix) else []
+    embeds = torch.cat(parts + [mem, lm.embed(targets)], dim=1)
+    attention = torch.cat(
+        [torch.ones((len(seqs), embeds.shape[1] - longest), dtype=torch.long, device=device), mask.long()], dim=1
+    )
+    out = lm.model(inputs_embeds=embeds, attention_mask=attention, logits_to_keep=longest + 1, use_cache=False)
+    return out.logits[:, :-1], targets, mask
+
+
+def _batches(pending: deque, active: list[_Segment], budget: int, prefix: int) -> None:
+    """Move waiting segments into the active batch while the token budget allows (at least one)."""
+    used = sum(len(s.ids) + prefix for s in active)
+    while pending and (not active or used + len(pending[0].ids) + prefix <= budget):
+        seg = pending.popleft()
+        active.append(seg)
+        used += len(seg.ids) + prefix
+
+
+def write_segments(
+    lm: LoadedModel,
+    segments: list[list[int]],
+    cfg: WriteConfig,
+    on_step: Callable[[StepStats], None] | None = None,
+) -> Iterator[SegmentResult]:
+    """Write each segment into its own memory; yields results as segments finish (any order)."""
+    cfg.validate()
+    if any(len(s) == 0 for s in segments):
+        raise ValueError("empty segment")
+    states = []
+    for index, ids in enumerate(segments):
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index)
+        states.append(_Segment(index, ids, initial_memory(lm, ids, cfg, generator)))
+    if cfg.optimizer == "adam":
+        optimizer = torch.optim.Adam([{"params": [s.param]} for s in states], lr=cfg.lr, betas=cfg.betas)
+    else:
+        optimizer = torch.optim.SGD([{"params": [s.param]} for s in states], lr=cfg.lr)
+    groups = {id(s.param): g for s, g in zip(states, optimizer.param_groups)}
+    pending: deque[_Segment] = deque(states)
+    active: list[_Segment] = []
+    prefix = len(lm.prefix_ids) + cfg.mem_tokens
+    while pending or active:
+        _batches(pending, active, cfg.batch_tokens, prefix)
+        with torch.enable_grad():
+            logits, targets, mask = memory_forward(lm, [s.param for s in active], [s.ids for s in active])
+            loss, acc, margin = token_stats(logits, targets, mask)
+        keep, finished = [], []
+        for row, seg in enumerate(active):
+            l, a, m = loss[row].item(), acc[row].item(), margin[row].item()
+            solved = a >= cfg.target_acc - 1e-9 and (cfg.target_acc < 1 or m >= cfg.margin)
+            seg.record(l, a, m, solved)
+            done = solved or seg.step >= cfg.steps
+            if on_step:
+                on_step(StepStats(seg.index, seg.step, l, a, done))
+            (finished if done else keep).append((row, seg))
+        if keep:
+            optimizer.zero_grad(set_to_none=True)
+            rows = torch.tensor([row for row, _ in keep], device=loss.device)
+            loss.index_select(0, rows).sum().backward()
+            for _, seg in finished:
+                seg.param.grad = None
+            for _, seg in keep:
+                groups[id(seg.param)]["lr"] = cfg.lr_at(seg.step)
+                seg.step += 1
+            optimizer.step()
+        del logits, loss
+        active = [seg for _, seg in keep]
+        for _, seg in finished:
+            seg.best_result.steps = seg.step
+            yield seg.best_result
+            # Free the optimiser state of a finished segment.
+            optimizer.state.pop(seg.param, None)
+
