@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from gradmem_cli import __version__
@@ -263,15 +262,19 @@ def main() -> None:
     """Entry point: one-line errors, exit 1 (2 for usage errors); GRADMEM_DEBUG=1 shows tracebacks."""
     debug = os.environ.get("GRADMEM_DEBUG", "") not in ("", "0")
     try:
-        app(standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+        # Without standalone mode typer returns the exit code of typer.Exit, which is also how
+        # it reports Ctrl-C (130).
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            if code == 130:
+                print("error: interrupted", file=sys.stderr)
+            sys.exit(code)
+    except (typer.Abort, KeyboardInterrupt):
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+    except typer.TyperException as exc:  # click's usage errors: bad option values, missing arguments
+        exc.show()
+        sys.exit(getattr(exc, "exit_code", 2))
     except GradmemError as exc:
         if debug:
             raise

