@@ -37,6 +37,7 @@ ModelOpt = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[str, typer.Option(help="Model dtype: float32, bfloat16 or float16.")]
+ReadDtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="Model dtype [default: the one the memory was written in].")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON result on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables on stderr.")]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never contact the Hugging Face Hub (sets HF_HUB_OFFLINE=1).")]
@@ -137,6 +138,8 @@ def write(
                 tasks[id(doc)] = progress.add_task(doc.name, total=None, status="")
             status = f"seg {seg + 1} step {stats.step} loss {stats.loss:.3f} acc {stats.accuracy:.3f}"
             progress.update(tasks[id(doc)], status=status, advance=1 if stats.done else 0)
+            if stats.done and not quiet and not console.is_terminal:  # a log line where no bar can show
+                console.print(f"{doc.name}: segment {seg + 1} done, {status}", highlight=False)
 
         for doc, mem, report in engine.memorize(lm, docs, cfg, on_step):
             path = out_of[id(doc)]
@@ -155,12 +158,14 @@ def write(
                           f"steps {r.steps}, accuracy {r.accuracy}, {r.seconds:.1f} s")
 
 
-def _load_for(file: Path, model: Optional[str], device: str, dtype: str, quiet: bool):
+def _load_for(file: Path, model: Optional[str], device: str, dtype: Optional[str], quiet: bool):
+    """A memory file and the model to read it: the one it names, in the dtype it was written in."""
     from gradmem_cli import memfile
     from gradmem_cli.models import load_model
 
     mem = memfile.load(file)
-    return mem, load_model(model or mem.header.model_id, device=device, dtype=dtype, quiet=quiet)
+    return mem, load_model(model or mem.header.model_id, device=device, dtype=dtype or mem.header.dtype,
+                           quiet=quiet)
 
 
 @app.command()
@@ -170,7 +175,7 @@ def ask(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Override the model named in the file "
                                                  "(refused unless it is the same model).")] = None,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "float32",
+    dtype: ReadDtypeOpt = None,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 128,
     temperature: Annotated[float, typer.Option(help="0 = greedy; above 0 samples.")] = 0.0,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute the memory prefix for every question.")] = False,
@@ -218,7 +223,7 @@ def inspect(
     against: Annotated[Optional[Path], typer.Option(help="Compare the rebuilt text with this source file (implies --reconstruct).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Override the model named in the file.")] = None,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "float32",
+    dtype: ReadDtypeOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     offline: OfflineOpt = False,

@@ -132,19 +132,20 @@ class _Segment:
         if self.best is None or key > self.best or solved:
             self.best = key
             self.best_result = SegmentResult(
-                self.index, len(self.ids), self.param.detach().clone(), self.step, self.step, loss, acc, margin,
+                self.index, len(self.ids), self.param.detach().cpu().clone(), self.step, self.step, loss, acc, margin,
                 solved,
             )
 
 
 def initial_memory(lm: LoadedModel, ids: list[int], cfg: WriteConfig, generator: torch.Generator) -> torch.Tensor:
     """The documented starting point M0 of a segment's memory (see ``WriteConfig.init``)."""
-    weight = lm.model.get_input_embeddings().weight
+    weight = lm.model.get_input_embeddings().weight.detach()
     if cfg.init == "random":
-        std = weight.detach().float().std().item()
-        return torch.randn(cfg.mem_tokens, weight.shape[1], generator=generator) * std
+        std = weight.float().std().item()
+        noise = torch.randn(cfg.mem_tokens, weight.shape[1], generator=generator) * std
+        return noise.to(weight.device)
     cycled = [ids[i % len(ids)] for i in range(cfg.mem_tokens)]
-    return weight.detach()[torch.tensor(cycled, device=weight.device)].float().cpu().clone()
+    return weight[torch.tensor(cycled, device=weight.device)].float().clone()
 
 
 def token_stats(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor):

@@ -289,3 +289,13 @@ def test_console_script_exit_code(tmp_path):
     assert proc.stdout == ""
     version = subprocess.run([sys.executable, "-m", "gradmem_cli", "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("gradmem ")
+
+
+def test_bfloat16_memory_read_in_its_dtype(run, doc, tiny_model, tmp_path):
+    out = tmp_path / "bf16.gmem"
+    assert run("write", doc, "-o", out, "-m", tiny_model, *FAST, "--dtype", "bfloat16", "-q").code == 0
+    mem = memfile.load(out)
+    assert mem.header.dtype == "bfloat16" and mem.memory.dtype == torch.float32
+    info = json.loads(run("inspect", out, "--against", doc, "--json").out)
+    assert info["reconstruction"]["exact_match"] is True
+    assert info["sizes"]["kv_cache_bytes"] == 2 * 2 * 2 * 16 * 2 * mem.header.source["tokens"]
