@@ -7,8 +7,10 @@ never silently read by a model it was not written for.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import io
 import json
 import math
 import os
@@ -276,8 +278,10 @@ def _converted_gguf_dir(gguf: Path, quiet: bool) -> Path:
 
         console.print(f"[dim]converting {gguf.name} to safetensors once (cached in {target.parent})[/dim]")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        # transformers' GGUF reader draws a tqdm bar that no setting turns off.
+        with contextlib.redirect_stderr(io.StringIO()):
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     except Exception as exc:  # gguf parsing errors come in many types
         raise GradmemError(f"cannot read GGUF file {gguf}: {exc}") from exc
     # Without the `kernels` package transformers has already dequantized every weight to a
@@ -330,6 +334,8 @@ def resolve_spec(spec: str) -> tuple[str, Path | str]:
         return str(path.resolve()), path.resolve()
     if path.exists():
         raise GradmemError(f"--model {spec}: a model is a Hugging Face id, a model folder or a .gguf file")
+    if spec.startswith(("/", ".", "~")) or spec.count("/") > 1:  # a path, not a namespace/name id
+        raise GradmemError(f"cannot load model '{spec}': no such model folder")
     return spec, spec
 
 

@@ -218,6 +218,9 @@ def test_unknown_model_offline(run, doc, tmp_path):
     assert not (tmp_path / "x.gmem").exists()
     assert "GGUF file not found" in _one_line_error(run("write", doc, "-m", tmp_path / "x.gguf"))
     assert "not a model" in _one_line_error(run("write", doc, "-m", tmp_path))
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF but not really" * 10)
+    assert "cannot read GGUF file" in _one_line_error(run("write", doc, "-m", junk, "-q"))
 
 
 def test_model_mismatch_refused(run, written, other_tiny_model, tiny_chat_model):
