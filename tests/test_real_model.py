@@ -17,7 +17,7 @@ pytestmark = [
 PARAGRAPH = (
     "The night ferry to Lindholm leaves at a quarter past nine. Captain Ruth Ibsen checks the ropes twice, "
     "counts the passengers, and hums an old song about herring. On calm evenings she lets children ring "
-    "the brass bell before the engines start."
+    "the brass bell before the engines start, and a pair of grey gulls follows the boat out of the harbour."
 )
 
 
