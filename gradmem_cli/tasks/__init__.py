@@ -1,0 +1,1 @@
+"""Evaluation and training tasks: data generators and loaders, one module per task."""
