@@ -8,10 +8,13 @@ import time; this also keeps ``--help`` fast.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 import os
 import sys
 import tempfile
+import typing
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -28,7 +31,6 @@ app = typer.Typer(
     add_completion=False,
 )
 
-_W = WriteConfig()
 
 ModelOpt = Annotated[
     Optional[str],
@@ -42,6 +44,31 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON result on st
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables on stderr.")]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never contact the Hugging Face Hub (sets HF_HUB_OFFLINE=1).")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+
+
+def write_options(command):
+    """Give a command one option per WriteConfig field and hand them to it as ``cfg: WriteConfig``.
+
+    The dataclass is the single source of names, defaults and help texts, so ``write`` and ``eval``
+    cannot drift apart.
+    """
+    fields = [f for f in dataclasses.fields(WriteConfig) if f.metadata.get("cli", True)]
+    hints = typing.get_type_hints(WriteConfig)
+    extra = [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                          annotation=Annotated[hints[f.name], typer.Option(help=f.metadata["help"])])
+        for f in fields
+    ]
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "cfg"]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        cfg = WriteConfig(**{f.name: kwargs.pop(f.name) for f in fields}).validate()
+        return command(cfg=cfg, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=own + extra)
+    return wrapper
 
 
 def _setup(offline: bool) -> None:
@@ -91,6 +118,7 @@ def _output_paths(docs: list, output: Optional[Path]) -> list[Path]:
 
 
 @app.command()
+@write_options
 def write(
     inputs: Annotated[list[str], typer.Argument(help="Text files, folders (their *.txt) or - for stdin.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output .gmem, or a folder for several inputs "
@@ -98,29 +126,13 @@ def write(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
-    mem_tokens: Annotated[int, typer.Option(help="Memory vectors per segment (m).")] = _W.mem_tokens,
-    segment_tokens: Annotated[int, typer.Option(help="Longest segment in tokens; longer texts are split.")] = _W.segment_tokens,
-    steps: Annotated[int, typer.Option(help="Most optimisation steps per segment.")] = _W.steps,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = _W.lr,
-    optimizer: Annotated[str, typer.Option(help="adam or sgd.")] = _W.optimizer,
-    schedule: Annotated[str, typer.Option(help="cosine (warm-up, then decay to 0 at --steps) or constant.")] = _W.schedule,
-    warmup: Annotated[float, typer.Option(help="Warm-up fraction of --steps.")] = _W.warmup,
-    init: Annotated[str, typer.Option(help="Initial memory: tokens (the segment's first m token embeddings) or random.")] = _W.init,
-    target_acc: Annotated[float, typer.Option(help="Stop at this teacher-forced token accuracy.")] = _W.target_acc,
-    margin: Annotated[float, typer.Option(help="At --target-acc 1, also require this logit margin on every token.")] = _W.margin,
-    batch_tokens: Annotated[int, typer.Option(help="Tokens optimised together per step across segments and files.")] = _W.batch_tokens,
-    seed: SeedOpt = _W.seed,
+    cfg: WriteConfig = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     offline: OfflineOpt = False,
 ) -> None:
     """Write text into memory vectors and save them as .gmem files (the text itself is not stored)."""
     _setup(offline)
-    cfg = WriteConfig(
-        mem_tokens=mem_tokens, segment_tokens=segment_tokens, steps=steps, lr=lr, optimizer=optimizer,
-        schedule=schedule, warmup=warmup, init=init, target_acc=target_acc, margin=margin,
-        batch_tokens=batch_tokens, seed=seed,
-    ).validate()
     from gradmem_cli import documents, engine, memfile
     from gradmem_cli.models import load_model
     from gradmem_cli.progress import console, make_progress

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -23,38 +23,33 @@ from gradmem_cli.models import LoadedModel
 
 @dataclass
 class WriteConfig:
-    """Settings of a WRITE; every field is recorded in the ``.gmem`` it produces."""
+    """Settings of a WRITE; every field is recorded in the ``.gmem`` it produces and, unless marked
+    ``cli: False``, is a ``gradmem write`` / ``gradmem eval`` option of the same name."""
 
-    mem_tokens: int = 8
-    """m: memory vectors per segment (each one the size of a token embedding)."""
-    segment_tokens: int = 64
-    """Longest segment in tokens; longer texts are split into near-equal segments, each with m vectors."""
-    steps: int = 400
-    """Most optimisation steps per segment (the write stops earlier once the stopping test passes)."""
-    lr: float = 0.05
-    """Peak learning rate."""
-    optimizer: str = "adam"
-    """``adam`` (Adam, betas below) or ``sgd`` (plain SGD, the paper's inner-loop rule)."""
-    betas: tuple[float, float] = (0.9, 0.9)
-    """Adam's betas (Cramming used 0.9/0.9)."""
-    schedule: str = "cosine"
-    """``cosine``: linear warm-up then cosine decay to zero at ``steps``; ``constant``: ``lr`` throughout."""
-    warmup: float = 0.1
-    """Warm-up length as a fraction of ``steps`` (cosine schedule only)."""
-    init: str = "tokens"
-    """Initial memory: ``tokens`` = the embeddings of the segment's first m tokens (cycled if shorter);
-    ``random`` = Gaussian noise with the standard deviation of the embedding matrix (Cramming)."""
-    target_acc: float = 1.0
-    """Stop once teacher-forced token accuracy reaches this."""
-    margin: float = 1.0
-    """With target_acc 1.0, also require every token's logit to beat the runner-up by this much, so that
-    greedy decoding (whose arithmetic differs slightly from the training forward) rebuilds the text."""
-    seed: int = 0
-    """Seeds the random initial memory."""
-    batch_tokens: int = 2048
-    """Tokens optimised together in one forward/backward (several segments share a batch)."""
-    objective: str = "reconstruct"
-    """What the memory is optimised for; ``reconstruct`` = next-token loss of the text."""
+    mem_tokens: int = field(default=8, metadata={"help": "m: memory vectors per segment."})
+    segment_tokens: int = field(default=64, metadata={
+        "help": "Longest segment in tokens; longer texts are split into near-equal segments, each with m vectors."})
+    steps: int = field(default=400, metadata={
+        "help": "Most optimisation steps per segment (it stops earlier once the stopping test passes)."})
+    lr: float = field(default=0.05, metadata={"help": "Peak learning rate."})
+    optimizer: str = field(default="adam", metadata={
+        "help": "adam (betas 0.9/0.9, as in Cramming) or sgd (plain SGD, the paper's inner-loop rule)."})
+    betas: tuple[float, float] = field(default=(0.9, 0.9), metadata={"help": "Adam's betas.", "cli": False})
+    schedule: str = field(default="cosine", metadata={
+        "help": "cosine: linear warm-up, then cosine decay to 0 at --steps; constant: --lr throughout."})
+    warmup: float = field(default=0.1, metadata={"help": "Warm-up length as a fraction of --steps (cosine only)."})
+    init: str = field(default="tokens", metadata={
+        "help": "Initial memory: tokens = the embeddings of the segment's first m tokens (cycled if shorter); "
+                "random = Gaussian noise with the std of the embedding matrix (Cramming)."})
+    target_acc: float = field(default=1.0, metadata={"help": "Stop once teacher-forced token accuracy reaches this."})
+    margin: float = field(default=1.0, metadata={
+        "help": "At --target-acc 1, also require every token's logit to beat the runner-up by this much, so that "
+                "greedy decoding (whose arithmetic differs slightly) rebuilds the text exactly."})
+    seed: int = field(default=0, metadata={"help": "Seeds the random initial memory."})
+    batch_tokens: int = field(default=2048, metadata={
+        "help": "Tokens optimised together per step (segments of several texts share a batch)."})
+    objective: str = field(default="reconstruct", metadata={
+        "help": "What the memory is optimised for: reconstruct = next-token loss of the text."})
 
     def validate(self) -> WriteConfig:
         checks = [

@@ -1,0 +1,185 @@
+"""bAbI tasks qa1-qa5, generated here from the published task definitions.
+
+No registry package ships the bAbI data, so this module simulates the same small worlds as
+Weston et al. (2015), "Towards AI-complete question answering" (people moving between rooms,
+picking up, dropping and passing objects; rooms placed relative to each other) and asks the same
+kinds of questions with one-word answers:
+
+- qa1 single supporting fact: "Where is Mary?"
+- qa2 two supporting facts: "Where is the football?" (the object moved with the person carrying it)
+- qa3 three supporting facts: "Where was the football before the kitchen?"
+- qa4 two-argument relations: "What is north of the bedroom?" / "What is the bedroom north of?"
+- qa5 three-argument relations: "Who gave the milk to Fred?", "Who received the milk?", ...
+
+As in BABILong's "0k" split, each example is one story (the facts up to the question) and one question.
+The vocabulary follows the original tasks; the stories are new random draws, not the original files.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+PEOPLE = ["Mary", "John", "Daniel", "Sandra"]
+GIVERS = ["Bill", "Fred", "Jeff", "Mary"]
+PLACES = ["bathroom", "bedroom", "garden", "hallway", "kitchen", "office"]
+OBJECTS = ["apple", "football", "milk"]
+MOVE = ["moved to", "went to", "journeyed to", "travelled to", "went back to"]
+GET = ["picked up", "got", "grabbed", "took"]
+DROP = ["dropped", "put down", "discarded", "left"]
+GIVE = ["gave", "handed", "passed"]
+OPPOSITE = {"north": "south", "south": "north", "east": "west", "west": "east"}
+
+Story = tuple[list[str], str, str]  # sentences, question, answer
+
+
+class _World:
+    """People with locations and objects with a holder or a place; records every fact as a sentence."""
+
+    def __init__(self, rng: random.Random, people: list[str]):
+        self.rng = rng
+        self.people = people
+        self.where: dict[str, str] = {}
+        self.holder: dict[str, str | None] = {o: None for o in OBJECTS}
+        self.place: dict[str, str | None] = {o: None for o in OBJECTS}
+        self.history: dict[str, list[str]] = {o: [] for o in OBJECTS}  # distinct places each object went
+        self.gives: list[tuple[str, str, str]] = []  # (giver, object, receiver)
+        self.sentences: list[str] = []
+
+    def object_place(self, obj: str) -> str | None:
+        holder = self.holder[obj]
+        return self.where.get(holder) if holder else self.place[obj]
+
+    def _track(self, obj: str) -> None:
+        place = self.object_place(obj)
+        if place and (not self.history[obj] or self.history[obj][-1] != place):
+            self.history[obj].append(place)
+
+    def move(self, person: str) -> None:
+        place = self.rng.choice([p for p in PLACES if p != self.where.get(person)])
+        self.where[person] = place
+        self.sentences.append(f"{person} {self.rng.choice(MOVE)} the {place}.")
+        for obj, holder in self.holder.items():
+            if holder == person:
+                self._track(obj)
+
+    def get(self, person: str, obj: str) -> None:
+        self.holder[obj], self.place[obj] = person, None
+        self.sentences.append(f"{person} {self.rng.choice(GET)} the {obj}{self.rng.choice(['', ' there'])}.")
+        self._track(obj)
+
+    def drop(self, person: str, obj: str) -> None:
+        self.holder[obj], self.place[obj] = None, self.where[person]
+        self.sentences.append(f"{person} {self.rng.choice(DROP)} the {obj}.")
+
+    def give(self, giver: str, obj: str, receiver: str) -> None:
+        self.holder[obj] = receiver
+        self.gives.append((giver, obj, receiver))
+        self.sentences.append(f"{giver} {self.rng.choice(GIVE)} the {obj} to {receiver}.")
+
+    def random_action(self, allow_give: bool = False) -> None:
+        """One plausible event: a move, or picking up / dropping / passing an object."""
+        rng = self.rng
+        person = rng.choice(self.people)
+        if person not in self.where or rng.random() < 0.4:
+            return self.move(person)
+        held = [o for o, h in self.holder.items() if h == person]
+        here = (None, self.where[person])  # never seen yet, or lying in this room
+        free = [o for o, h in self.holder.items() if h is None and self.place[o] in here]
+        nearby = [p for p in self.people if p != person and self.where.get(p) == self.where[person]]
+        if held and nearby and allow_give and rng.random() < 0.7:
+            return self.give(person, rng.choice(held), rng.choice(nearby))
+        if held and rng.random() < 0.35:
+            return self.drop(person, rng.choice(held))
+        if free and rng.random() < 0.8:
+            return self.get(person, rng.choice(free))
+        return self.move(person)
+
+
+def _qa1(rng: random.Random) -> Story | None:
+    world = _World(rng, PEOPLE)
+    for _ in range(rng.randint(2, 10)):
+        world.move(rng.choice(PEOPLE))
+    person = rng.choice(sorted(world.where))
+    return world.sentences, f"Where is {person}?", world.where[person]
+
+
+def _qa2(rng: random.Random) -> Story | None:
+    world = _World(rng, PEOPLE)
+    for _ in range(rng.randint(4, 12)):
+        world.random_action()
+    # Two supporting facts: who holds the object, and where that person went.
+    carried = [o for o, h in world.holder.items() if h and h in world.where]
+    if not carried:
+        return None
+    obj = rng.choice(carried)
+    return world.sentences, f"Where is the {obj}?", world.object_place(obj)
+
+
+def _qa3(rng: random.Random) -> Story | None:
+    world = _World(rng, PEOPLE)
+    for _ in range(rng.randint(6, 14)):
+        world.random_action()
+    moved = [o for o in OBJECTS if len(world.history[o]) >= 2 and world.object_place(o) == world.history[o][-1]]
+    if not moved:
+        return None
+    obj = rng.choice(moved)
+    return world.sentences, f"Where was the {obj} before the {world.history[obj][-1]}?", world.history[obj][-2]
+
+
+def _qa4(rng: random.Random) -> Story | None:
+    a, b, c = rng.sample(PLACES, 3)
+    d1, d2 = rng.choice(list(OPPOSITE)), rng.choice(list(OPPOSITE))
+    facts = [(a, d1, b), (c, d2, a)]  # "a is d1 of b", "c is d2 of a"
+    if d2 == OPPOSITE[d1]:  # c would sit where b is: keep the map consistent
+        return None
+    sentences = [f"The {x} is {d} of the {y}." for x, d, y in facts]
+    x, d, y = rng.choice(facts)
+    if rng.random() < 0.5:
+        return sentences, f"What is {d} of the {y}?", x
+    return sentences, f"What is the {x} {d} of?", y
+
+
+def _qa5(rng: random.Random) -> Story | None:
+    world = _World(rng, GIVERS)
+    for _ in range(rng.randint(5, 12)):
+        world.random_action(allow_give=True)
+    if not world.gives:
+        return None
+    giver, obj, receiver = world.gives[-1]
+    kind = rng.randrange(4)
+    if kind == 0:
+        if sum(1 for g in world.gives if g[1:] == (obj, receiver)) > 1:
+            return None
+        return world.sentences, f"Who gave the {obj} to {receiver}?", giver
+    if kind == 1:
+        return world.sentences, f"Who received the {obj}?", receiver
+    if kind == 2:
+        if sum(1 for g in world.gives if (g[0], g[2]) == (giver, receiver)) > 1:
+            return None
+        return world.sentences, f"What did {giver} give to {receiver}?", obj
+    if sum(1 for g in world.gives if g[:2] == (giver, obj)) > 1:
+        return None
+    return world.sentences, f"Who did {giver} give the {obj} to?", receiver
+
+
+TASKS: dict[str, Callable[[random.Random], Story | None]] = {
+    "qa1": _qa1, "qa2": _qa2, "qa3": _qa3, "qa4": _qa4, "qa5": _qa5,
+}
+
+
+def generate(task: str, rng: random.Random) -> dict[str, object]:
+    """One ``{"context", "question", "answers"}`` example of a bAbI task."""
+    make = TASKS[task]
+    while True:
+        story = make(rng)
+        if story is not None:
+            sentences, question, answer = story
+            return {"context": " ".join(sentences), "question": question, "answers": [answer]}
+
+
+def dataset(task: str, count: int, seed: int) -> list[dict[str, object]]:
+    if task not in TASKS:
+        raise ValueError(f"unknown bAbI task '{task}' (use {', '.join(TASKS)})")
+    rng = random.Random(f"babi-{task}-{seed}")
+    return [generate(task, rng) for _ in range(count)]
