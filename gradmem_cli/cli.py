@@ -228,8 +228,8 @@ def ask(
             sys.stdout.flush()
 
 
-@app.command()
-def inspect(
+@app.command("inspect")
+def inspect_(
     file: Annotated[Path, typer.Argument(help="A .gmem memory file.")],
     reconstruct: Annotated[bool, typer.Option("--reconstruct", help="Rebuild the text from memory alone (loads the model).")] = False,
     against: Annotated[Optional[Path], typer.Option(help="Compare the rebuilt text with this source file (implies --reconstruct).")] = None,
@@ -260,6 +260,97 @@ def inspect(
     from gradmem_cli.views import show_inspect
 
     show_inspect(result)
+
+
+def _parse_conditions(value: str) -> tuple[str, ...]:
+    from gradmem_cli.evaluate import CONDITIONS
+
+    chosen = tuple(c.strip() for c in value.split(",") if c.strip())
+    unknown = [c for c in chosen if c not in CONDITIONS]
+    if unknown or not chosen:
+        raise UsageError(f"--conditions takes a comma-separated list of {', '.join(CONDITIONS)}")
+    return tuple(c for c in CONDITIONS if c in chosen)
+
+
+def _write_json_file(path: Path, lines: list[object]) -> None:
+    from gradmem_cli.fileio import atomic_write_bytes
+
+    data = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines).encode()
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise GradmemError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+@app.command("eval")
+@write_options
+def eval_(
+    task: Annotated[str, typer.Argument(help="kv, babi, squad, qa or recon.")],
+    data: Annotated[Optional[Path], typer.Option(help="Your own data: JSONL (kv: context/query/target; qa, babi, "
+                                                 "squad: context/question/answers; recon: text or a folder of .txt); "
+                                                 "squad also takes the official SQuAD v1.1 JSON.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Use at most N examples (generators draw N; default 20).")] = None,
+    pairs: Annotated[int, typer.Option(help="kv generator: key-value pairs per context.")] = 8,
+    babi_task: Annotated[str, typer.Option("--task", help="babi generator: qa1..qa5.")] = "qa1",
+    conditions: Annotated[str, typer.Option(help="Comma-separated: memory, no-context, full-context.")]
+    = "memory,no-context,full-context",
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Most tokens per generated answer "
+                                                          "[default: 24; kv 4; recon the text's length].")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also save the result JSON here.")] = None,
+    log_samples: Annotated[Optional[Path], typer.Option(help="Write one JSON line per example "
+                                                        "(inputs, outputs, scores) here.")] = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    cfg: WriteConfig = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    offline: OfflineOpt = False,
+) -> None:
+    """Evaluate memory against no-context and full-context answers on a task; same seed, same numbers."""
+    _setup(offline)
+    chosen = _parse_conditions(conditions)
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise UsageError("--max-new-tokens must be at least 1")
+    for path in (output, log_samples):
+        if path is not None:
+            _check_writable(path.parent if str(path.parent) else Path("."))
+    import torch
+    import transformers
+
+    from gradmem_cli import evaluate
+    from gradmem_cli.models import load_model
+    from gradmem_cli.progress import make_progress
+    from gradmem_cli.tasks import data as task_data
+
+    dataset = task_data.load(task, data, limit, cfg.seed, pairs=pairs, babi_task=babi_task)
+    lm = load_model(model, device=device, dtype=dtype, quiet=quiet)
+    default_tokens = {"kv": 4, "recon": 1}.get(task, 24)  # recon sizes each answer by its text
+    opts = evaluate.EvalOptions(task=task, conditions=chosen, max_new_tokens=max_new_tokens or default_tokens)
+    samples: list[dict] = []
+    with make_progress(quiet) as progress:
+        bars = {c: progress.add_task(c, total=len(dataset.examples), status="") for c in chosen}
+        result = evaluate.evaluate(lm, dataset, cfg, opts,
+                                   on_progress=lambda c, done: progress.update(bars[c], completed=done),
+                                   on_sample=samples.append)
+    result["config"] = {
+        "task": task, "data": dataset.source, "limit": limit, "pairs": pairs if task == "kv" else None,
+        "babi_task": babi_task if task == "babi" else None, "conditions": list(chosen),
+        "max_new_tokens": opts.max_new_tokens, "seed": cfg.seed, "write": cfg.to_dict(),
+        "model": lm.spec, "model_fingerprint": dataclasses.asdict(lm.fingerprint), "device": str(lm.device),
+        "dtype": lm.dtype_name, "gradmem_version": __version__, "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+    }
+    if output:
+        _write_json_file(output, [result])
+    if log_samples:
+        _write_json_file(log_samples, samples)
+    if json_out:
+        _emit_json(result)
+    elif not quiet:
+        from gradmem_cli.views import show_eval
+
+        show_eval(result)
 
 
 def _version(value: bool) -> None:

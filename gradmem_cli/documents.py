@@ -20,6 +20,11 @@ class Document:
     nbytes: int
     path: Path | None = None
 
+    @classmethod
+    def from_text(cls, name: str, text: str) -> Document:
+        data = text.encode("utf-8")
+        return cls(name=name, text=text, sha256=hashlib.sha256(data).hexdigest(), nbytes=len(data))
+
     @property
     def stem(self) -> str:
         return self.path.stem if self.path else "stdin"
@@ -38,8 +43,9 @@ def decode_text(data: bytes, name: str) -> str:
 
 
 def _document(data: bytes, name: str, path: Path | None) -> Document:
-    text = decode_text(data, name)
-    return Document(name=name, text=text, sha256=hashlib.sha256(data).hexdigest(), nbytes=len(data), path=path)
+    doc = Document.from_text(name, decode_text(data, name))
+    doc.path = path
+    return doc
 
 
 def read_document(path: Path) -> Document:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -23,6 +21,7 @@ from typing import Any, get_type_hints
 import torch
 
 from gradmem_cli.errors import GradmemError
+from gradmem_cli.fileio import atomic_write_bytes
 
 FORMAT_NAME = "gradmem.memory"
 FORMAT_VERSION = "1.0"
@@ -100,21 +99,6 @@ def _major(version: str) -> int:
         return int(version.split(".")[0])
     except ValueError:
         return -1
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or Path("."))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save(path: Path, memory: torch.Tensor, header: MemoryHeader) -> int:

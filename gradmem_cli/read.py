@@ -17,32 +17,55 @@ import torch
 from gradmem_cli.models import LoadedModel
 
 
-def memory_prefix(lm: LoadedModel, memory: torch.Tensor) -> torch.Tensor:
-    """``[prefix ids; M_1; ...; M_S]`` as input embeddings ``[1, P + S*m, d]`` in the model's dtype."""
+def memory_prefix(lm: LoadedModel, memory: torch.Tensor | None) -> torch.Tensor | None:
+    """``[prefix ids; M_1; ...; M_S]`` as input embeddings ``[1, P + S*m, d]`` in the model's dtype.
+
+    Without memory this is just the tokenizer's BOS (if any), the start every condition shares;
+    None when that is empty too.
+    """
     parts = []
     if lm.prefix_ids:
         parts.append(lm.embed(torch.tensor(lm.prefix_ids, dtype=torch.long)))
-    parts.append(memory.reshape(-1, memory.shape[-1]).to(lm.device, lm.dtype))
-    return torch.cat(parts).unsqueeze(0)
+    if memory is not None:
+        parts.append(memory.reshape(-1, memory.shape[-1]).to(lm.device, lm.dtype))
+    return torch.cat(parts).unsqueeze(0) if parts else None
 
 
-def prompt_ids(lm: LoadedModel, user_text: str) -> list[int]:
-    """The question framed as one user turn of the model's chat template (plain Q/A without one).
+def prompt_ids(lm: LoadedModel, user_text: str, template: bool = True) -> list[int]:
+    """The prompt after the prefix: one user turn of the model's chat template (``Q\nAnswer:``
+    for a model without one), or with ``template=False`` the raw tokens of the text.
 
     Special tokens the prefix already holds (a BOS the template repeats) are dropped, because the
     memory sits between them and the prompt.
     """
     tok = lm.tokenizer
+    if not template:
+        return lm.tokenize(user_text)
     if getattr(tok, "chat_template", None):
         ids = tok.apply_chat_template(
             [{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=True, return_dict=True
         )["input_ids"]
         ids = list(ids)
     else:
-        ids = lm.tokenize(f"Question: {user_text}\nAnswer:")
+        ids = lm.tokenize(f"{user_text}\nAnswer:")
     if lm.prefix_ids and ids[: len(lm.prefix_ids)] == lm.prefix_ids:
         ids = ids[len(lm.prefix_ids):]
     return ids
+
+
+def target_hits(lm: LoadedModel, prefix: torch.Tensor | None, prompt: list[int], target: list[int]) -> list[bool]:
+    """Teacher-forced check of a gold continuation: is each target token the argmax given
+    ``[prefix; prompt; target before it]``? (The paper's exact-match metric.)"""
+    ids = torch.tensor([prompt + target], dtype=torch.long, device=lm.device)
+    embeds = lm.embed(ids)
+    if prefix is not None:
+        embeds = torch.cat([prefix, embeds], dim=1)
+    if embeds.shape[1] == len(target):
+        raise ValueError("the first target token needs something before it to be predicted from")
+    with torch.no_grad():
+        logits = lm.model(inputs_embeds=embeds, logits_to_keep=len(target) + 1, use_cache=False).logits
+    predicted = logits[0, :-1].argmax(-1).tolist()
+    return [p == t for p, t in zip(predicted, target)]
 
 
 @dataclass
@@ -106,9 +129,10 @@ class Reader:
         temperature: float = 0.0,
         on_text: Callable[[str], None] | None = None,
         seed: int = 0,
+        template: bool = True,
     ) -> Answer:
         lm = self.lm
-        ids = torch.tensor([prompt_ids(lm, user_text)], dtype=torch.long, device=lm.device)
+        ids = torch.tensor([prompt_ids(lm, user_text, template)], dtype=torch.long, device=lm.device)
         embeds = lm.embed(ids)
         if self.prefix is not None:
             embeds = torch.cat([self.prefix, embeds], dim=1)

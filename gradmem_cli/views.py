@@ -56,3 +56,21 @@ def show_inspect(result: dict[str, Any]) -> None:
         if not rec["text"].endswith("\n"):
             sys.stdout.write("\n")
         sys.stdout.flush()
+
+
+def show_eval(result: dict[str, Any]) -> None:
+    """The conditions side by side, one row per metric, and the share of the gap memory closes."""
+    metrics = result["metrics"]
+    conditions = list(metrics)
+    table = Table(title=f"{result['task']}: n={result['n']}, main metric {result['main_metric']}",
+                  title_justify="left")
+    table.add_column("metric", style="bold")
+    for c in conditions:
+        table.add_column(c.replace("_", "-"), justify="right")
+    names = list(dict.fromkeys(k for c in conditions for k in metrics[c]))
+    for name in names:
+        cells = [metrics[c].get(name) for c in conditions]
+        table.add_row(name, *("" if v is None else f"{v:.3f}" for v in cells))
+    console.print(table)
+    gap = result.get("gap_closed")
+    console.print(f"gap_closed: {'n/a' if gap is None else f'{gap:.3f}'}")

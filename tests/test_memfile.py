@@ -107,7 +107,7 @@ def test_atomic_write_interrupted_leaves_nothing(tmp_path, monkeypatch):
     def boom(*_):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(os, "replace", boom)
+    monkeypatch.setattr(os, "replace", boom)  # the rename in fileio.atomic_write_bytes
     with pytest.raises(KeyboardInterrupt):
         memfile.save(tmp_path / "a.gmem", torch.zeros(2, 3, 4), _header())
     assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,147 @@
+"""The evaluation harness: data loading and its errors, gap_closed, and a tiny end-to-end eval."""
+
+import json
+
+import pytest
+
+from conftest import FAST
+from gradmem_cli.errors import GradmemError
+from gradmem_cli.evaluate import gap_closed
+from gradmem_cli.tasks import babi, data
+
+
+def test_gap_closed():
+    m = {"memory": {"f1": 0.5}, "no_context": {"f1": 0.2}, "full_context": {"f1": 0.8}}
+    assert gap_closed(m, "f1") == pytest.approx(0.5)
+    m["full_context"]["f1"] = 0.2
+    assert gap_closed(m, "f1") is None
+    assert gap_closed({"memory": {"f1": 1.0}}, "f1") is None
+
+
+@pytest.mark.parametrize("task", sorted(babi.TASKS))
+def test_babi_generators(task):
+    examples = babi.dataset(task, 30, seed=0)
+    assert examples == babi.dataset(task, 30, seed=0)
+    for ex in examples:
+        assert ex["context"].endswith(".") and ex["question"].endswith("?")
+        (answer,) = ex["answers"]
+        assert answer.isalpha() and " " not in answer
+        # every answer names something that appears in the story
+        assert answer in ex["context"]
+
+
+def test_babi_qa1_answer_is_last_location():
+    for ex in babi.dataset("qa1", 50, seed=1):
+        person = ex["question"].split()[-1].rstrip("?")
+        moves = [s for s in ex["context"].split(". ") if s.startswith(person + " ")]
+        assert moves[-1].rstrip(".").split()[-1] == ex["answers"][0]
+
+
+def test_builtin_squad_answers_are_spans():
+    ds = data.load("squad", None, None, seed=0)
+    assert len(ds.examples) >= 30
+    for ex in ds.examples:
+        assert all(a in ex.context for a in ex.answers)
+    assert ds.source["builtin"] == "squad_mini.jsonl"
+
+
+def test_squad_v11_json_is_converted(tmp_path):
+    squad = {"version": "1.1", "data": [{"title": "T", "paragraphs": [
+        {"context": "Paris is the capital of France.", "qas": [
+            {"id": "q1", "question": "What is the capital of France?",
+             "answers": [{"text": "Paris", "answer_start": 0}]}]}]}]}
+    path = tmp_path / "dev-v1.1.json"
+    path.write_text(json.dumps(squad))
+    (ex,) = data.load("squad", path, None, seed=0).examples
+    assert ex.id == "q1" and ex.answers == ["Paris"] and ex.context.startswith("Paris")
+
+
+def test_jsonl_errors_name_the_line(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    path.write_text('{"context": "c", "question": "q?", "answers": ["a"]}\n\n{"context": "c", "question": "q"}\n')
+    with pytest.raises(GradmemError, match=r"qa.jsonl line 3: 'answers'"):
+        data.load("qa", path, None, seed=0)
+    path.write_text('{"context": "c", "question": "q?", "answers": ["a"]}\nnot json\n')
+    with pytest.raises(GradmemError, match="line 2: not valid JSON"):
+        data.load("qa", path, None, seed=0)
+    path.write_text('{"context": "!ab:cd!|", "query": "?!ab:", "target": "cd!|"}\n{"context": "x", "query": "y", "target": "z"}\n')
+    with pytest.raises(GradmemError, match="line 2: not in the kv format"):
+        data.load("kv", path, None, seed=0)
+    path.write_text('{"text": "hello"}\n{"text": ""}\n')
+    with pytest.raises(GradmemError, match="line 2: 'text'"):
+        data.load("recon", path, None, seed=0)
+
+
+def test_data_errors(tmp_path):
+    with pytest.raises(GradmemError, match="no such file"):
+        data.load("qa", tmp_path / "none.jsonl", None, seed=0)
+    with pytest.raises(GradmemError, match="unknown task"):
+        data.load("mmlu", None, None, seed=0)
+    with pytest.raises(GradmemError, match="--limit"):
+        data.load("kv", None, 0, seed=0)
+    empty = tmp_path / "e.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(GradmemError, match="is empty"):
+        data.load("qa", empty, None, seed=0)
+
+
+def test_generators_respect_seed_and_limit():
+    a = data.load("kv", None, 5, seed=1, pairs=4).examples
+    assert len(a) == 5 and a == data.load("kv", None, 5, seed=1, pairs=4).examples
+    assert a != data.load("kv", None, 5, seed=2, pairs=4).examples
+    assert len(data.load("babi", None, 7, seed=0, babi_task="qa3").examples) == 7
+    assert len(data.load("recon", None, 3, seed=0).examples) == 3
+
+
+def test_tiny_eval_end_to_end(run, tiny_chat_model, tmp_path):
+    samples, output = tmp_path / "samples.jsonl", tmp_path / "result.json"
+    args = ["eval", "babi", "-m", tiny_chat_model, "--limit", "2", *FAST, "--max-new-tokens", "4",
+            "--log-samples", samples, "--output", output, "--json"]
+    result = run(*args)
+    assert result.code == 0, result.err
+    res = json.loads(result.out)
+    assert res["task"] == "babi" and res["n"] == 2 and res["main_metric"] == "f1"
+    assert set(res["metrics"]) == {"memory", "no_context", "full_context"}
+    mem = res["metrics"]["memory"]
+    assert {"em", "f1", "em_tf", "write_steps", "write_seconds", "seconds"} <= set(mem)
+    assert mem["write_steps"] > 0
+    cfg = res["config"]
+    assert cfg["write"]["lr"] == 0.3 and cfg["seed"] == 0 and cfg["model_fingerprint"]["config"]
+    assert json.loads(output.read_text()) == res
+    lines = [json.loads(x) for x in samples.read_text().splitlines()]
+    assert len(lines) == 2 and {"memory", "no_context", "full_context", "question", "answers"} <= set(lines[0])
+    again = json.loads(run(*args).out)
+    for c in res["metrics"]:  # same seed, same numbers (timings aside)
+        for k, v in res["metrics"][c].items():
+            if "seconds" not in k:
+                assert again["metrics"][c][k] == v
+
+
+@pytest.mark.parametrize("task", ["kv", "recon", "qa"])
+def test_tiny_eval_other_tasks(run, tiny_model, tmp_path, task):
+    extra = {"kv": ["--pairs", "2"], "recon": [], "qa": []}[task]
+    if task == "recon":
+        folder = tmp_path / "texts"
+        folder.mkdir()
+        (folder / "a.txt").write_text("Mira keeps the lighthouse.")
+        extra = ["--data", folder]
+    result = run("eval", task, "-m", tiny_model, "--limit", "1", *FAST, "--max-new-tokens", "3", "--json", *extra)
+    assert result.code == 0, result.err
+    res = json.loads(result.out)
+    main = res["main_metric"]
+    assert all(main in res["metrics"][c] for c in res["metrics"])
+    if task == "recon":
+        assert res["metrics"]["memory"]["exact"] == 1.0 and res["metrics"]["memory"]["tokens_per_vector"] > 0
+
+
+def test_eval_conditions_and_errors(run, tiny_model, tmp_path):
+    result = run("eval", "kv", "-m", tiny_model, "--limit", "1", "--conditions", "no-context", "--json")
+    assert result.code == 0, result.err
+    res = json.loads(result.out)
+    assert list(res["metrics"]) == ["no_context"] and res["gap_closed"] is None
+    bad = run("eval", "kv", "-m", tiny_model, "--conditions", "oracle")
+    assert bad.code == 2 and "--conditions" in bad.err
+    bad = run("eval", "nope", "-m", tiny_model)
+    assert bad.code == 1 and "unknown task" in bad.err
+    bad = run("eval", "kv", "-m", tiny_model, "--steps", "-3")
+    assert bad.code == 2 and "--steps" in bad.err
