@@ -2,7 +2,7 @@
 
 Layout (format 1.x, documented in docs/format.md):
 
-- tensor ``memory``: float32, shape ``[segments, mem_tokens, hidden_size]``;
+- tensor ``memory``: float32, float16 or bfloat16, shape ``[segments, mem_tokens, hidden_size]``;
 - ``__metadata__``: one string per :class:`MemoryHeader` field. Strings are stored as they are;
   numbers, lists and objects as JSON.
 
@@ -25,6 +25,7 @@ from gradmem_cli.fileio import atomic_write_bytes
 
 FORMAT_NAME = "gradmem.memory"
 FORMAT_VERSION = "1.0"
+STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -38,7 +39,7 @@ class MemoryHeader:
     tokenizer_fingerprint: str  # also inside model_fingerprint; kept apart for readers and tools
     model_shape: dict[str, int]  # layers, kv_heads, head_dim, hidden: the KV-cache size of a token
     hidden_size: int
-    dtype: str  # the model dtype used for writing (the memory itself is stored as float32)
+    dtype: str  # the model dtype used for writing (the memory's own dtype is the tensor's)
     mem_tokens: int  # m: vectors per segment
     segment_tokens: int  # the maximum tokens per segment the writer was asked for
     tokens_per_segment: list[int]
@@ -107,7 +108,9 @@ def save(path: Path, memory: torch.Tensor, header: MemoryHeader) -> int:
 
     if memory.dim() != 3 or memory.shape[0] != header.segments:
         raise ValueError(f"memory shape {tuple(memory.shape)} does not match {header.segments} segments")
-    data = save({"memory": memory.detach().to("cpu", torch.float32).contiguous()}, metadata=header.to_metadata())
+    if memory.dtype not in STORE_DTYPES.values():
+        raise ValueError(f"memory dtype {memory.dtype} cannot be stored")
+    data = save({"memory": memory.detach().to("cpu").contiguous()}, metadata=header.to_metadata())
     try:
         atomic_write_bytes(Path(path), data)
     except OSError as exc:
@@ -146,8 +149,9 @@ def load(path: Path | str) -> MemoryFile:
         raise GradmemError(f"{path} is not a valid .gmem file (corrupt or truncated)") from exc
     header = MemoryHeader.from_metadata(meta, str(path))
     expected = (header.segments, header.mem_tokens, header.hidden_size)
-    if tuple(memory.shape) != expected or memory.dtype != torch.float32:
-        raise GradmemError(f"{path}: corrupt .gmem (memory is {tuple(memory.shape)}, header says {expected})")
+    if tuple(memory.shape) != expected or memory.dtype not in STORE_DTYPES.values():
+        raise GradmemError(f"{path}: corrupt .gmem (memory is {tuple(memory.shape)} {memory.dtype}, "
+                           f"header says {expected})")
     if not torch.isfinite(memory).all():
         raise GradmemError(f"{path}: corrupt .gmem (memory holds NaN or infinite values)")
     return MemoryFile(memory=memory, header=header, path=path)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from gradmem_cli.errors import UsageError
+from gradmem_cli.memfile import STORE_DTYPES
 from gradmem_cli.models import LoadedModel
 
 
@@ -48,6 +49,9 @@ class WriteConfig:
     seed: int = field(default=0, metadata={"help": "Seeds the random initial memory."})
     batch_tokens: int = field(default=2048, metadata={
         "help": "Tokens optimised together per step (segments of several texts share a batch)."})
+    store_dtype: str = field(default="float32", metadata={
+        "help": "How the .gmem stores the vectors: float32, float16 or bfloat16. The write optimises the "
+                "vectors as they will be stored (rounded), so the stopping test holds for the file."})
     objective: str = field(default="reconstruct", metadata={
         "help": "What the memory is optimised for: reconstruct = next-token loss of the text."})
 
@@ -65,6 +69,7 @@ class WriteConfig:
             (0 < self.target_acc <= 1, "--target-acc must be in (0, 1]"),
             (self.margin >= 0 and math.isfinite(self.margin), "--margin must be 0 or more"),
             (self.batch_tokens >= 1, "--batch-tokens must be at least 1"),
+            (self.store_dtype in STORE_DTYPES, "--store-dtype must be float32, float16 or bfloat16"),
             (self.objective == "reconstruct", "--objective must be reconstruct"),
         ]
         for ok, message in checks:
@@ -87,7 +92,7 @@ class WriteConfig:
 
 @dataclass
 class SegmentResult:
-    """A written segment: its memory [m, d] (float32) and how the write went."""
+    """A written segment: its memory [m, d] (in the storage dtype) and how the write went."""
 
     index: int
     tokens: int
@@ -114,20 +119,27 @@ class StepStats:
 class _Segment:
     """Optimisation state of one segment: its memory parameter and the best memory seen."""
 
-    def __init__(self, index: int, ids: list[int], memory: torch.Tensor):
+    def __init__(self, index: int, ids: list[int], memory: torch.Tensor, store: torch.dtype):
         self.index = index
         self.ids = ids
+        self.store = store
         self.param = torch.nn.Parameter(memory)
         self.step = 0
         self.best: tuple[float, float] | None = None
         self.best_result: SegmentResult | None = None
+
+    def stored(self) -> torch.Tensor:
+        """The memory as the file will hold it; gradients pass straight through the rounding."""
+        if self.store == torch.float32:
+            return self.param
+        return self.param + (self.param.detach().to(self.store).float() - self.param.detach())
 
     def record(self, loss: float, acc: float, margin: float, solved: bool) -> None:
         key = (acc, -loss)
         if self.best is None or key > self.best or solved:
             self.best = key
             self.best_result = SegmentResult(
-                self.index, len(self.ids), self.param.detach().cpu().clone(), self.step, self.step, loss, acc, margin,
+                self.index, len(self.ids), self.param.detach().to("cpu", self.store), self.step, self.step, loss, acc, margin,
                 solved,
             )
 
@@ -205,7 +217,7 @@ def write_segments(
     states = []
     for index, ids in enumerate(segments):
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index)
-        states.append(_Segment(index, ids, initial_memory(lm, ids, cfg, generator)))
+        states.append(_Segment(index, ids, initial_memory(lm, ids, cfg, generator), STORE_DTYPES[cfg.store_dtype]))
     if cfg.optimizer == "adam":
         optimizer = torch.optim.Adam([{"params": [s.param]} for s in states], lr=cfg.lr, betas=cfg.betas)
     else:
@@ -217,7 +229,7 @@ def write_segments(
     while pending or active:
         _batches(pending, active, cfg.batch_tokens, prefix)
         with torch.enable_grad():
-            logits, targets, mask = memory_forward(lm, [s.param for s in active], [s.ids for s in active])
+            logits, targets, mask = memory_forward(lm, [s.stored() for s in active], [s.ids for s in active])
             loss, acc, margin = token_stats(logits, targets, mask)
         keep, finished = [], []
         for row, seg in enumerate(active):

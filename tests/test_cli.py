@@ -302,3 +302,13 @@ def test_bfloat16_memory_read_in_its_dtype(run, doc, tiny_model, tmp_path):
     info = json.loads(run("inspect", out, "--against", doc, "--json").out)
     assert info["reconstruction"]["exact_match"] is True
     assert info["sizes"]["kv_cache_bytes"] == 2 * 2 * 2 * 16 * 2 * mem.header.source["tokens"]
+
+
+def test_float16_storage_rebuilds(run, doc, tiny_model, tmp_path):
+    out = tmp_path / "f16.gmem"
+    assert run("write", doc, "-o", out, "-m", tiny_model, *FAST, "--store-dtype", "float16", "-q").code == 0
+    mem = memfile.load(out)
+    assert mem.memory.dtype == torch.float16 and mem.header.write["store_dtype"] == "float16"
+    info = json.loads(run("inspect", out, "--against", doc, "--json").out)
+    assert info["reconstruction"]["exact_match"] is True
+    assert info["sizes"]["memory_bytes"] == 8 * 64 * 2
