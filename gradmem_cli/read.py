@@ -71,6 +71,7 @@ def target_hits(lm: LoadedModel, prefix: torch.Tensor | None, prompt: list[int],
 @dataclass
 class Answer:
     text: str
+    ids: list[int]  # the generated tokens, with the end-of-turn token if generation stopped on it
     tokens: int
     seconds: float
     first_token_seconds: float | None
@@ -158,7 +159,8 @@ class Reader:
         seconds = time.perf_counter() - start
         generated = out[0].tolist()
         text = lm.tokenizer.decode(generated, skip_special_tokens=True)
-        return Answer(text=text.strip(), tokens=len(generated), seconds=seconds, first_token_seconds=streamer.first)
+        return Answer(text=text.strip(), ids=generated, tokens=len(generated), seconds=seconds,
+                      first_token_seconds=streamer.first)
 
 
 def reconstruct(lm: LoadedModel, memory: torch.Tensor, lengths: list[int]) -> list[list[int]]:

@@ -19,6 +19,9 @@ import torch.nn.functional as F
 
 from gradmem_cli.errors import UsageError
 from gradmem_cli.memfile import STORE_DTYPES
+
+OBJECTIVES = ("reconstruct", "distill", "mix")
+from gradmem_cli.distill import ProbeSet, build_probes, distill_stats
 from gradmem_cli.models import LoadedModel
 
 
@@ -53,7 +56,13 @@ class WriteConfig:
         "help": "How the .gmem stores the vectors: float32, float16 or bfloat16. The write optimises the "
                 "vectors as they will be stored (rounded), so the stopping test holds for the file."})
     objective: str = field(default="reconstruct", metadata={
-        "help": "What the memory is optimised for: reconstruct = next-token loss of the text."})
+        "help": "What the memory is optimised for: reconstruct = next-token loss of the text (stops at "
+                "--target-acc/--margin); distill = the model with [memory; probe] answers like the model with "
+                "[text; probe] (runs --steps); mix = both (stops when both pass)."})
+    probes: int = field(default=8, metadata={
+        "help": "distill/mix: probes per segment (model-written questions, summary and cloze prompts)."})
+    probe_tokens: int = field(default=32, metadata={"help": "distill/mix: most tokens of each teacher answer."})
+    distill_weight: float = field(default=1.0, metadata={"help": "mix: weight of the distillation loss."})
 
     def validate(self) -> WriteConfig:
         checks = [
@@ -70,7 +79,10 @@ class WriteConfig:
             (self.margin >= 0 and math.isfinite(self.margin), "--margin must be 0 or more"),
             (self.batch_tokens >= 1, "--batch-tokens must be at least 1"),
             (self.store_dtype in STORE_DTYPES, "--store-dtype must be float32, float16 or bfloat16"),
-            (self.objective == "reconstruct", "--objective must be reconstruct"),
+            (self.objective in OBJECTIVES, "--objective must be reconstruct, distill or mix"),
+            (self.probes >= 1, "--probes must be at least 1"),
+            (self.probe_tokens >= 1, "--probe-tokens must be at least 1"),
+            (self.distill_weight >= 0, "--distill-weight must be 0 or more"),
         ]
         for ok, message in checks:
             if not ok:
@@ -195,13 +207,48 @@ def memory_forward(lm: LoadedModel, memories: list[torch.Tensor], seqs: list[lis
     return out.logits[:, :-1], targets, mask
 
 
-def _batches(pending: deque, active: list[_Segment], budget: int, prefix: int) -> None:
+def _batches(pending: deque, active: list[_Segment], budget: int, cost: Callable[[_Segment], int]) -> None:
     """Move waiting segments into the active batch while the token budget allows (at least one)."""
-    used = sum(len(s.ids) + prefix for s in active)
-    while pending and (not active or used + len(pending[0].ids) + prefix <= budget):
+    used = sum(cost(s) for s in active)
+    while pending and (not active or used + cost(pending[0]) <= budget):
         seg = pending.popleft()
         active.append(seg)
-        used += len(seg.ids) + prefix
+        used += cost(seg)
+
+
+def _objective_stats(lm: LoadedModel, cfg: WriteConfig, active: list[_Segment], probes: dict[int, ProbeSet]):
+    """Per-segment loss, accuracy and margin of the batch under the configured objective.
+
+    reconstruct: cross-entropy of the text, token accuracy, smallest logit margin. distill: KL to the
+    teacher over the probe answers, greedy agreement with the teacher, no margin (inf). mix: the sum
+    of the losses; the accuracy is the smaller one.
+    """
+    memories = [s.stored() for s in active]
+    loss = acc = margin = None
+    if cfg.objective in ("reconstruct", "mix"):
+        logits, targets, mask = memory_forward(lm, memories, [s.ids for s in active])
+        loss, acc, margin = token_stats(logits, targets, mask)
+    if cfg.objective in ("distill", "mix"):
+        rows, owner = [], []
+        for b, seg in enumerate(active):
+            for k in range(len(probes[seg.index].answers)):
+                rows.append((probes[seg.index], k))
+                owner.append(b)
+        kl = torch.zeros(len(active), device=lm.device)
+        agree = torch.ones(len(active), device=lm.device)
+        if rows:
+            seqs = [p.prompts[k] + p.answers[k] for p, k in rows]
+            logits, _, _ = memory_forward(lm, [memories[b] for b in owner], seqs)
+            row_kl, row_agree = distill_stats(logits, rows, [len(p.prompts[k]) for p, k in rows])
+            index = torch.tensor(owner, device=lm.device)
+            counts = torch.zeros(len(active), device=lm.device).index_add(0, index, torch.ones_like(row_kl))
+            kl = torch.zeros(len(active), device=lm.device).index_add(0, index, row_kl) / counts.clamp(min=1)
+            agree = torch.where(counts > 0, torch.zeros_like(agree).index_add(0, index, row_agree) / counts.clamp(min=1),
+                                agree)
+        if loss is None:
+            return kl, agree, torch.full_like(kl, float("inf"))
+        loss, acc = loss + cfg.distill_weight * kl, torch.minimum(acc, agree)
+    return loss, acc, margin
 
 
 def write_segments(
@@ -226,15 +273,27 @@ def write_segments(
     pending: deque[_Segment] = deque(states)
     active: list[_Segment] = []
     prefix = len(lm.prefix_ids) + cfg.mem_tokens
+    probes: dict[int, ProbeSet] = {}
+
+    def cost(seg: _Segment) -> int:
+        """Tokens a segment adds to a batch; distillation probes are built (once) when first costed."""
+        total = len(seg.ids) + prefix if cfg.objective != "distill" else 0
+        if cfg.objective != "reconstruct":
+            if seg.index not in probes:
+                probes[seg.index] = build_probes(lm, lm.decode(seg.ids), cfg.probes, cfg.probe_tokens)
+            total += sum(len(p) + len(a) + prefix for p, a in zip(probes[seg.index].prompts, probes[seg.index].answers))
+        return total
+
     while pending or active:
-        _batches(pending, active, cfg.batch_tokens, prefix)
+        _batches(pending, active, cfg.batch_tokens, cost)
         with torch.enable_grad():
-            logits, targets, mask = memory_forward(lm, [s.stored() for s in active], [s.ids for s in active])
-            loss, acc, margin = token_stats(logits, targets, mask)
+            loss, acc, margin = _objective_stats(lm, cfg, active, probes)
         keep, finished = [], []
         for row, seg in enumerate(active):
             l, a, m = loss[row].item(), acc[row].item(), margin[row].item()
-            solved = a >= cfg.target_acc - 1e-9 and (cfg.target_acc < 1 or m >= cfg.margin)
+            # distill alone has no test of being done: it runs --steps.
+            solved = (cfg.objective != "distill" and a >= cfg.target_acc - 1e-9
+                      and (cfg.target_acc < 1 or m >= cfg.margin))
             seg.record(l, a, m, solved)
             done = solved or seg.step >= cfg.steps
             if on_step:
@@ -250,10 +309,11 @@ def write_segments(
                 groups[id(seg.param)]["lr"] = cfg.lr_at(seg.step)
                 seg.step += 1
             optimizer.step()
-        del logits, loss
+        del loss
         active = [seg for _, seg in keep]
         for _, seg in finished:
             seg.best_result.steps = seg.step
+            probes.pop(seg.index, None)
             yield seg.best_result
             # Free the optimiser state of a finished segment.
             optimizer.state.pop(seg.param, None)

@@ -1,0 +1,54 @@
+"""The distillation objective on a tiny chat model: probes from the text, KL falls, files record it."""
+
+import json
+
+from conftest import FAST
+from gradmem_cli import memfile
+from gradmem_cli.distill import build_probes, probe_questions, sentences
+from gradmem_cli.models import load_model
+from gradmem_cli.write import WriteConfig, write_segments
+
+TEXT = "Mary went to the kitchen. John picked up the apple. The apple is in the garden."
+
+
+def test_probes_come_from_the_text(tiny_chat_model):
+    lm = load_model(tiny_chat_model, device="cpu")
+    assert sentences(TEXT) == ["Mary went to the kitchen.", "John picked up the apple.", "The apple is in the garden."]
+    questions = probe_questions(lm, TEXT, limit=10)
+    assert 'In the text, what comes right after "Mary went to the"?' in questions
+    assert "What is the text about?" in questions
+    probes = build_probes(lm, TEXT, limit=4, answer_tokens=5)
+    assert 1 <= len(probes.answers) <= 4
+    for prompt, answer, idx, logp in zip(probes.prompts, probes.answers, probes.top_idx, probes.top_logp):
+        assert 1 <= len(answer) <= 5 and idx.shape == logp.shape == (len(answer), 32)
+        assert (logp <= 0).all() and (idx[:, 0] == torch_tensor(answer)).all()  # greedy answers = teacher argmax
+        assert "kitchen" not in lm.decode(prompt)  # the prompt holds the probe, never the text
+
+
+def torch_tensor(x):
+    import torch
+
+    return torch.tensor(x)
+
+
+def test_distill_lowers_kl(tiny_chat_model):
+    lm = load_model(tiny_chat_model, device="cpu")
+    losses = []
+    cfg = WriteConfig(objective="distill", steps=40, lr=0.3, probes=4, probe_tokens=6)
+    (res,) = write_segments(lm, [lm.tokenize(TEXT)], cfg, lambda s: losses.append(s.loss))
+    assert res.steps == 40 and not res.solved  # distill runs all its steps
+    assert min(losses) < 0.7 * losses[0]
+
+
+def test_mix_objective_cli(run, tiny_chat_model, tmp_path):
+    doc = tmp_path / "story.txt"
+    doc.write_text(TEXT)
+    out = tmp_path / "story.gmem"
+    result = run("write", doc, "-o", out, "-m", tiny_chat_model, "--lr", "0.3", "--steps", "20", "--objective", "mix", "--probes", "3",
+                 "--probe-tokens", "4", "--json")
+    assert result.code == 0, result.err
+    header = memfile.load(out).header
+    assert header.write["objective"] == "mix" and header.write["probes"] == 3
+    assert json.loads(result.out)["files"][0]["steps"][0] > 0
+    bad = run("write", doc, "-m", tiny_chat_model, "--objective", "recite")
+    assert bad.code == 2 and "--objective" in bad.err
