@@ -1,0 +1,87 @@
+"""Time to first token of `ask`: a cached memory prefix against the full text in the prompt; and sizes.
+
+A 512-token text (the sample paragraphs joined, cut at 512 tokens) is written once with the
+default settings (kept in out/ask_latency, reused while the text is unchanged). Then, for several
+questions and repeats, in one process:
+
+- ``full-context``: the text and the question in the prompt, prefilled for every question;
+- ``memory, cached prefix``: gradmem's `ask` path, the memory's KV cache computed once and copied;
+- ``memory, first question``: the same, with the prefix computation counted in.
+
+Also prints the .gmem size against the KV cache of the text, and checks that cached and uncached
+reads give the same greedy answers.
+
+    .venv/bin/python benchmarks/ask_latency.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import ROOT, log, median, spread, texts  # noqa: E402
+from gradmem_cli import engine, memfile  # noqa: E402
+from gradmem_cli.documents import Document  # noqa: E402
+from gradmem_cli.models import load_model  # noqa: E402
+from gradmem_cli.read import Reader  # noqa: E402
+from gradmem_cli.write import WriteConfig  # noqa: E402
+
+QUESTIONS = ["Who owns the bakery?", "When does the bakery open?", "What does Jonas make on Fridays?",
+             "Who led the glacier survey?", "What was found in the ice?"]
+
+
+def first_token(reader: Reader, question: str) -> float:
+    return reader.answer(question, max_new_tokens=1).first_token_seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "out" / "ask_latency")
+    args = parser.parse_args()
+    lm = load_model(device="cpu", quiet=True)
+    text = lm.decode(lm.tokenize(" ".join(t for _, t in texts()))[: args.tokens])
+    doc = Document.from_text("text512", text)
+    path = args.out / "text512.gmem"
+    if not path.exists() or memfile.load(path).header.source["sha256"] != doc.sha256:
+        args.out.mkdir(parents=True, exist_ok=True)
+        log(f"writing the {args.tokens}-token text once (default settings) ...")
+        ((_, mem, report),) = engine.memorize(lm, [doc], WriteConfig())
+        memfile.save(path, mem.memory, mem.header)
+        log(f"  {report.segments} segments, steps {report.steps}, {report.seconds:.0f} s")
+    mem = memfile.load(path)
+    reader = engine.open_reader(lm, mem)
+    plain = Reader(lm, None)
+    times: dict[str, list[float]] = {k: [] for k in ("full-context", "memory, cached prefix",
+                                                      "memory, first question")}
+    for _ in range(args.repeats):
+        for q in QUESTIONS:
+            times["full-context"].append(first_token(plain, f"{text}\n\n{q}"))
+            times["memory, cached prefix"].append(first_token(reader, q))
+            start = time.perf_counter()
+            fresh = engine.open_reader(lm, mem)
+            times["memory, first question"].append(first_token(fresh, q) + time.perf_counter() - start)
+    print(f"model {lm.spec}, {args.tokens}-token text, {len(QUESTIONS)} questions x {args.repeats} repeats; "
+          "time to first token in seconds, median (range)")
+    print("| read | TTFT | / full-context |")
+    print("|---|---|---|")
+    base = median(times["full-context"])
+    for name, values in times.items():
+        print(f"| {name} | {spread(values)} | {median(values) / base:.3f} |")
+    uncached = engine.open_reader(lm, mem, use_cache=False)
+    same = all(reader.answer(q, max_new_tokens=16).text == uncached.answer(q, max_new_tokens=16).text
+               for q in QUESTIONS)
+    print(f"cached and uncached greedy answers identical: {same}")
+    sizes = engine.sizes(mem, path.stat().st_size)
+    print(f".gmem {sizes['file_bytes']} B ({mem.header.segments} segments x {mem.header.mem_tokens} vectors, "
+          f"{mem.memory.dtype}); KV cache of the text {sizes['kv_cache_bytes']} B; "
+          f"ratio {sizes['kv_to_file_ratio']}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Shared helpers of the benchmark scripts: texts, timing and summaries."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAGRAPHS = ROOT / "samples" / "paragraphs"  # never used for tuning defaults
+TUNING = ROOT / "benchmarks" / "tuning"  # the texts defaults were tuned on
+
+
+def texts(folder: Path = PARAGRAPHS, limit: int | None = None) -> list[tuple[str, str]]:
+    files = sorted(folder.glob("*.txt"))[:limit]
+    return [(f.stem, f.read_text()) for f in files]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def spread(values: list[float]) -> str:
+    """Median with the range, e.g. ``98 (71-140)``."""
+    if not values:
+        return "n/a"
+    return f"{median(values):.4g} ({min(values):.4g}-{max(values):.4g})"
+
+
+class Timer:
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def log(*parts: object) -> None:
+    print(*parts, file=sys.stderr, flush=True)
