@@ -302,7 +302,8 @@ def write_segments(
         if keep:
             optimizer.zero_grad(set_to_none=True)
             rows = torch.tensor([row for row, _ in keep], device=loss.device)
-            loss.index_select(0, rows).sum().backward()
+            if loss.requires_grad:  # (not when no distill teacher answered: nothing to learn)
+                loss.index_select(0, rows).sum().backward()
             for _, seg in finished:
                 seg.param.grad = None
             for _, seg in keep:
