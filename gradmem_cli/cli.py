@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 import typing
 from pathlib import Path
 from typing import Annotated, Optional
@@ -191,6 +192,8 @@ def ask(
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 128,
     temperature: Annotated[float, typer.Option(help="0 = greedy; above 0 samples.")] = 0.0,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute the memory prefix for every question.")] = False,
+    via: Annotated[str, typer.Option(help="memory: read the vectors directly; text: first rebuild the text from "
+                                     "memory (greedy), then answer with it in the prompt.")] = "memory",
     seed: SeedOpt = 0,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -202,10 +205,20 @@ def ask(
         raise UsageError("--max-new-tokens must be at least 1")
     if temperature < 0:
         raise UsageError("--temperature must be 0 or more")
+    if via not in ("memory", "text"):
+        raise UsageError("--via must be memory or text")
     from gradmem_cli import engine
+    from gradmem_cli.read import Reader, with_context
 
     mem, lm = _load_for(file, model, device, dtype, quiet)
-    reader = engine.open_reader(lm, mem, use_cache=not no_cache)
+    rebuild_seconds = None
+    if via == "text":
+        start = time.perf_counter()
+        rebuilt = lm.decode(engine.rebuild(lm, mem))
+        rebuild_seconds = round(time.perf_counter() - start, 4)
+        reader, frame = Reader(lm, None), lambda q: with_context(rebuilt, q)
+    else:
+        reader, frame = engine.open_reader(lm, mem, use_cache=not no_cache), lambda q: q
     questions = [q.strip() for q in sys.stdin] if question == "-" else [question]
     questions = [q for q in questions if q]
     if not questions:
@@ -216,10 +229,11 @@ def ask(
         sys.stdout.flush()
 
     for q in questions:
-        answer = reader.answer(q, max_new_tokens=max_new_tokens, temperature=temperature,
+        answer = reader.answer(frame(q), max_new_tokens=max_new_tokens, temperature=temperature,
                                on_text=None if json_out else stream, seed=seed)
         if json_out:
-            _emit_json({"file": str(file), "question": q, "answer": answer.text, "model": lm.spec,
+            _emit_json({"file": str(file), "question": q, "answer": answer.text, "model": lm.spec, "via": via,
+                        "rebuild_seconds": rebuild_seconds,
                         "tokens": answer.tokens, "seconds": round(answer.seconds, 4),
                         "first_token_seconds": None if answer.first_token_seconds is None
                         else round(answer.first_token_seconds, 4)})
@@ -262,10 +276,12 @@ def inspect_(
     show_inspect(result)
 
 
-def _parse_conditions(value: str) -> tuple[str, ...]:
+def _parse_conditions(value: str, task: str) -> tuple[str, ...]:
     from gradmem_cli.evaluate import CONDITIONS
 
     chosen = tuple(c.strip() for c in value.split(",") if c.strip())
+    if task == "recon" and "via-text" in chosen:
+        raise UsageError("--conditions via-text does not apply to recon (it is the memory condition there)")
     unknown = [c for c in chosen if c not in CONDITIONS]
     if unknown or not chosen:
         raise UsageError(f"--conditions takes a comma-separated list of {', '.join(CONDITIONS)}")
@@ -292,7 +308,8 @@ def eval_(
     limit: Annotated[Optional[int], typer.Option(help="Use at most N examples (generators draw N; default 20).")] = None,
     pairs: Annotated[int, typer.Option(help="kv generator: key-value pairs per context.")] = 8,
     babi_task: Annotated[str, typer.Option("--task", help="babi generator: qa1..qa5.")] = "qa1",
-    conditions: Annotated[str, typer.Option(help="Comma-separated: memory, no-context, full-context.")]
+    conditions: Annotated[str, typer.Option(help="Comma-separated: memory, no-context, full-context, and "
+                                            "via-text (rebuild the text from memory, then answer with it).")]
     = "memory,no-context,full-context",
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Most tokens per generated answer "
                                                           "[default: 24; kv 4; recon the text's length].")] = None,
@@ -309,7 +326,7 @@ def eval_(
 ) -> None:
     """Evaluate memory against no-context and full-context answers on a task; same seed, same numbers."""
     _setup(offline)
-    chosen = _parse_conditions(conditions)
+    chosen = _parse_conditions(conditions, task)
     if max_new_tokens is not None and max_new_tokens < 1:
         raise UsageError("--max-new-tokens must be at least 1")
     for path in (output, log_samples):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from gradmem_cli.models import LoadedModel
-from gradmem_cli.read import Reader, prompt_ids
+from gradmem_cli.read import Reader, prompt_ids, with_context
 
 TOP_K = 32
 QUESTION_PROMPT = "Write three short questions that can be answered from the text above, one per line."
@@ -48,7 +48,7 @@ def sentences(text: str) -> list[str]:
 def probe_questions(lm: LoadedModel, text: str, limit: int) -> list[str]:
     """Questions derived from the text alone (see the module docstring), at most ``limit``:
     the model's own questions and the two summary prompts first, then cloze prompts in order."""
-    written = Reader(lm, None).answer(f"{text}\n\n{QUESTION_PROMPT}", max_new_tokens=60).text
+    written = Reader(lm, None).answer(with_context(text, QUESTION_PROMPT), max_new_tokens=60).text
     generated = [q.strip(" -*0123456789.") for q in written.splitlines() if q.strip().endswith("?")][:3]
     summary = ["What is the text about?", "List the names, places, numbers and things the text mentions."]
     cloze = []
@@ -64,11 +64,11 @@ def build_probes(lm: LoadedModel, text: str, limit: int, answer_tokens: int) -> 
     prefix = teacher.prefix
     out = ProbeSet([], [], [], [], [])
     for question in probe_questions(lm, text, limit):
-        answer = teacher.answer(f"{text}\n\n{question}", max_new_tokens=answer_tokens)
+        answer = teacher.answer(with_context(text, question), max_new_tokens=answer_tokens)
         ids = answer.ids
         if not ids:
             continue
-        context = prompt_ids(lm, f"{text}\n\n{question}")
+        context = prompt_ids(lm, with_context(text, question))
         seq = torch.tensor([context + ids], device=lm.device)
         embeds = lm.embed(seq)
         if prefix is not None:

@@ -6,6 +6,9 @@ Conditions, all with the same frozen model and prompt format:
   the model sees ``[memory; question]``.
 - ``no-context``: the question alone (the lower bound: what the model knows or guesses).
 - ``full-context``: the context and the question in the prompt (the upper bound).
+- ``via-text`` (on request): the text is first rebuilt from memory by greedy decoding, then put in
+  the prompt like the full context; exact where the memory rebuilds exactly, at the cost of
+  decoding the whole text for every question.
 
 ``gap_closed = (memory - no_context) / (full_context - no_context)`` on the task's main metric.
 """
@@ -14,19 +17,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gradmem_cli import engine
 from gradmem_cli.documents import Document
 from gradmem_cli.metrics import exact_match, f1, mean, token_accuracy
 from gradmem_cli.models import LoadedModel
-from gradmem_cli.read import Reader, memory_prefix, prompt_ids, target_hits
+from gradmem_cli.read import Reader, memory_prefix, prompt_ids, target_hits, with_context
 from gradmem_cli.tasks.data import Dataset, Example
 from gradmem_cli.tasks.kv import VALUE_CHARS
 from gradmem_cli.write import WriteConfig
 
-CONDITIONS = ("memory", "no-context", "full-context")
+CONDITIONS = ("memory", "via-text", "no-context", "full-context")
+DEFAULT_CONDITIONS = ("memory", "no-context", "full-context")
+WRITTEN = ("memory", "via-text")  # conditions that write the context into memory first
 MAIN_METRIC = {"kv": "em_tf", "babi": "f1", "squad": "f1", "qa": "f1", "recon": "exact"}
 INSTRUCTION = {"babi": " Answer with one word.", "squad": " Answer with a short phrase.",
                "qa": " Answer with a short phrase."}
@@ -38,7 +43,7 @@ class EvalOptions:
     """How answers are produced and scored (the write settings are a WriteConfig)."""
 
     task: str
-    conditions: tuple[str, ...] = CONDITIONS
+    conditions: tuple[str, ...] = DEFAULT_CONDITIONS
     max_new_tokens: int = 24  # per answer; kv answers need 4 characters, recon as many tokens as the text
 
 
@@ -90,13 +95,13 @@ def _score(lm: LoadedModel, task: str, condition: str, reader: Reader, prefix, e
             return {"answer": lm.decode(rebuilt)}, {
                 "exact": float(lm.decode(rebuilt) == ex.context), "token_accuracy": token_accuracy(rebuilt, source),
                 "tf_token_accuracy": tf, "tokens_per_vector": len(source) / vectors}
-        text = RECON_PROMPT if condition == "no-context" else f"{RECON_PROMPT}\n\n{ex.context}"
+        text = RECON_PROMPT if condition == "no-context" else with_context(RECON_PROMPT, ex.context)
         return _recon_generated(lm, reader, prefix, ex, text)
     if task == "kv":
         prompt = ex.question if condition != "full-context" else ex.context + ex.question
         return _kv_scores(lm, reader, prefix, ex, prompt, opts)
     question = ex.question + INSTRUCTION.get(task, "")
-    text = question if condition != "full-context" else f"{ex.context}\n\n{question}"
+    text = question if condition != "full-context" else with_context(ex.context, question)
     return _qa_scores(lm, reader, prefix, ex, text, opts)
 
 
@@ -118,30 +123,44 @@ def evaluate(
     records = [{"id": ex.id, "context": ex.context, "question": ex.question, "answers": ex.answers}
                for ex in examples]
     per_condition: dict[str, list[dict[str, float]]] = {}
-    if "memory" in opts.conditions:
+    plain_prefix = memory_prefix(lm, None)
+    plain = Reader(lm, plain_prefix)
+    written = [c for c in WRITTEN if c in opts.conditions]
+    if written:
         docs = [Document.from_text(str(i), ex.context) for i, ex in enumerate(examples)]
-        scores: list[dict[str, float]] = [{} for _ in examples]
+        for c in written:
+            per_condition[c] = [{} for _ in examples]
         started = time.perf_counter()
         for done, (doc, memfile, report) in enumerate(engine.memorize(lm, docs, cfg), 1):
             i = int(doc.name)
             ex = examples[i]
-            start = time.perf_counter()
-            reader = engine.open_reader(lm, memfile)
-            out, sc = _score(lm, task, "memory", reader, reader.prefix, ex, opts, memfile)
-            sc.update(write_steps=float(sum(report.steps)), write_seconds=report.seconds,
-                      seconds=report.seconds + time.perf_counter() - start)
-            scores[i] = sc
-            records[i]["memory"] = {**out, **sc}
+            write = {"write_steps": float(sum(report.steps)), "write_seconds": report.seconds}
+            if "memory" in written:
+                start = time.perf_counter()
+                reader = engine.open_reader(lm, memfile)
+                out, sc = _score(lm, task, "memory", reader, reader.prefix, ex, opts, memfile)
+                sc.update(write, seconds=report.seconds + time.perf_counter() - start)
+                per_condition["memory"][i] = sc
+                records[i]["memory"] = {**out, **sc}
+            if "via-text" in written:
+                # The baseline read: decode the whole text from memory, then answer with it in the prompt.
+                start = time.perf_counter()
+                text = lm.decode(engine.rebuild(lm, memfile))
+                rebuild_seconds = time.perf_counter() - start
+                out, sc = _score(lm, task, "full-context", plain, plain_prefix, replace(ex, context=text), opts)
+                sc.update(write, rebuild_seconds=rebuild_seconds, rebuilt_exact=float(text == ex.context),
+                          seconds=report.seconds + time.perf_counter() - start)
+                per_condition["via-text"][i] = sc
+                records[i]["via_text"] = {**out, "rebuilt": text, **sc}
             if on_progress:
-                on_progress("memory", done)
+                for c in written:
+                    on_progress(c, done)
         # Writes run batched, so one example's span overlaps others': also give the amortised wall time.
         amortised = (time.perf_counter() - started) / len(examples)
-        for sc in scores:
-            sc["wall_seconds_per_example"] = amortised
-        per_condition["memory"] = scores
-    plain_prefix = memory_prefix(lm, None)
-    plain = Reader(lm, plain_prefix)
-    for condition in (c for c in CONDITIONS if c in opts.conditions and c != "memory"):
+        for c in written:
+            for sc in per_condition[c]:
+                sc["wall_seconds_per_example"] = amortised
+    for condition in (c for c in CONDITIONS if c in opts.conditions and c not in WRITTEN):
         scores = []
         for i, ex in enumerate(examples):
             start = time.perf_counter()
@@ -158,14 +177,17 @@ def evaluate(
     metrics = {_key(c): {k: mean([s[k] for s in per_condition[c]]) for k in per_condition[c][0]}
                for c in CONDITIONS if c in per_condition and per_condition[c]}
     main = MAIN_METRIC[task]
-    return {"task": task, "n": len(examples), "main_metric": main, "metrics": metrics,
-            "gap_closed": gap_closed(metrics, main)}
+    result = {"task": task, "n": len(examples), "main_metric": main, "metrics": metrics,
+              "gap_closed": gap_closed(metrics, main)}
+    if "via_text" in metrics:
+        result["gap_closed_via_text"] = gap_closed(metrics, main, "via_text")
+    return result
 
 
-def gap_closed(metrics: dict[str, dict[str, float]], main: str) -> float | None:
+def gap_closed(metrics: dict[str, dict[str, float]], main: str, condition: str = "memory") -> float | None:
     """(memory - no_context) / (full_context - no_context); None when undefined."""
     try:
-        mem, low, high = (metrics[c][main] for c in ("memory", "no_context", "full_context"))
+        mem, low, high = (metrics[c][main] for c in (condition, "no_context", "full_context"))
     except KeyError:
         return None
     if high - low == 0:

@@ -31,6 +31,11 @@ def memory_prefix(lm: LoadedModel, memory: torch.Tensor | None) -> torch.Tensor 
     return torch.cat(parts).unsqueeze(0) if parts else None
 
 
+def with_context(context: str, question: str) -> str:
+    """The user turn that puts a text in the prompt before a question (full-context reading)."""
+    return f"{context}\n\n{question}"
+
+
 def prompt_ids(lm: LoadedModel, user_text: str, template: bool = True) -> list[int]:
     """The prompt after the prefix: one user turn of the model's chat template (``Q\nAnswer:``
     for a model without one), or with ``template=False`` the raw tokens of the text.

@@ -72,5 +72,7 @@ def show_eval(result: dict[str, Any]) -> None:
         cells = [metrics[c].get(name) for c in conditions]
         table.add_row(name, *("" if v is None else f"{v:.3f}" for v in cells))
     console.print(table)
-    gap = result.get("gap_closed")
-    console.print(f"gap_closed: {'n/a' if gap is None else f'{gap:.3f}'}")
+    for key in ("gap_closed", "gap_closed_via_text"):
+        if key in result:
+            gap = result[key]
+            console.print(f"{key}: {'n/a' if gap is None else f'{gap:.3f}'}")

@@ -312,3 +312,17 @@ def test_float16_storage_rebuilds(run, doc, tiny_model, tmp_path):
     info = json.loads(run("inspect", out, "--against", doc, "--json").out)
     assert info["reconstruction"]["exact_match"] is True
     assert info["sizes"]["memory_bytes"] == 8 * 64 * 2
+
+
+def test_ask_via_text_equals_full_context(run, written, tiny_model):
+    from gradmem_cli.models import load_model
+    from gradmem_cli.read import Reader, with_context
+
+    result = run("ask", written, "Who keeps it?", "--via", "text", "--max-new-tokens", "6", "--json")
+    assert result.code == 0, result.err
+    answer = json.loads(result.out)
+    assert answer["via"] == "text" and answer["rebuild_seconds"] > 0
+    lm = load_model(tiny_model, device="cpu")
+    expected = Reader(lm, None).answer(with_context(TEXT, "Who keeps it?"), max_new_tokens=6).text
+    assert answer["answer"] == expected  # the memory rebuilds TEXT exactly, so this is the full-context answer
+    assert run("ask", written, "q", "--via", "telepathy").code == 2

@@ -145,3 +145,18 @@ def test_eval_conditions_and_errors(run, tiny_model, tmp_path):
     assert bad.code == 1 and "unknown task" in bad.err
     bad = run("eval", "kv", "-m", tiny_model, "--steps", "-3")
     assert bad.code == 2 and "--steps" in bad.err
+
+
+def test_via_text_condition(run, tiny_model, tmp_path):
+    data_file = tmp_path / "qa.jsonl"
+    data_file.write_text(json.dumps({"context": "Mira keeps the lighthouse.", "question": "Who?", "answers": ["Mira"]}) + "\n")
+    result = run("eval", "qa", "--data", data_file, "-m", tiny_model, *FAST, "--max-new-tokens", "3", "--json",
+                 "--conditions", "via-text,full-context,no-context")
+    assert result.code == 0, result.err
+    res = json.loads(result.out)
+    via, full = res["metrics"]["via_text"], res["metrics"]["full_context"]
+    assert via["rebuilt_exact"] == 1.0 and via["rebuild_seconds"] > 0 and via["write_steps"] > 0
+    assert via["f1"] == full["f1"] and via["em_tf"] == full["em_tf"]  # exact rebuild: same prompt as full context
+    assert "gap_closed_via_text" in res
+    bad = run("eval", "recon", "-m", tiny_model, "--conditions", "via-text")
+    assert bad.code == 2
