@@ -127,31 +127,36 @@ def evaluate(
     plain = Reader(lm, plain_prefix)
     written = [c for c in WRITTEN if c in opts.conditions]
     if written:
-        docs = [Document.from_text(str(i), ex.context) for i, ex in enumerate(examples)]
+        # Each distinct context is written once, however many questions it has (SQuAD has several).
+        contexts = list(dict.fromkeys(ex.context for ex in examples))
+        askers = {c: [i for i, ex in enumerate(examples) if ex.context == c] for c in contexts}
+        docs = [Document.from_text(str(j), c) for j, c in enumerate(contexts)]
         for c in written:
             per_condition[c] = [{} for _ in examples]
-        started = time.perf_counter()
-        for done, (doc, memfile, report) in enumerate(engine.memorize(lm, docs, cfg), 1):
-            i = int(doc.name)
-            ex = examples[i]
+        started, done = time.perf_counter(), 0
+        for doc, memfile, report in engine.memorize(lm, docs, cfg):
             write = {"write_steps": float(sum(report.steps)), "write_seconds": report.seconds}
-            if "memory" in written:
-                start = time.perf_counter()
-                reader = engine.open_reader(lm, memfile)
-                out, sc = _score(lm, task, "memory", reader, reader.prefix, ex, opts, memfile)
-                sc.update(write, seconds=report.seconds + time.perf_counter() - start)
-                per_condition["memory"][i] = sc
-                records[i]["memory"] = {**out, **sc}
-            if "via-text" in written:
-                # The baseline read: decode the whole text from memory, then answer with it in the prompt.
-                start = time.perf_counter()
-                text = lm.decode(engine.rebuild(lm, memfile))
-                rebuild_seconds = time.perf_counter() - start
-                out, sc = _score(lm, task, "full-context", plain, plain_prefix, replace(ex, context=text), opts)
-                sc.update(write, rebuild_seconds=rebuild_seconds, rebuilt_exact=float(text == ex.context),
-                          seconds=report.seconds + time.perf_counter() - start)
-                per_condition["via-text"][i] = sc
-                records[i]["via_text"] = {**out, "rebuilt": text, **sc}
+            reader = engine.open_reader(lm, memfile) if "memory" in written else None
+            rebuilt = None
+            for i in askers[contexts[int(doc.name)]]:
+                ex = examples[i]
+                if reader is not None:
+                    start = time.perf_counter()
+                    out, sc = _score(lm, task, "memory", reader, reader.prefix, ex, opts, memfile)
+                    sc.update(write, seconds=report.seconds + time.perf_counter() - start)
+                    per_condition["memory"][i] = sc
+                    records[i]["memory"] = {**out, **sc}
+                if "via-text" in written:
+                    # The baseline read: decode the whole text from memory, then answer with it in the prompt.
+                    start = time.perf_counter()
+                    rebuilt = rebuilt if rebuilt is not None else lm.decode(engine.rebuild(lm, memfile))
+                    rebuild_seconds = time.perf_counter() - start
+                    out, sc = _score(lm, task, "full-context", plain, plain_prefix, replace(ex, context=rebuilt), opts)
+                    sc.update(write, rebuild_seconds=rebuild_seconds, rebuilt_exact=float(rebuilt == ex.context),
+                              seconds=report.seconds + time.perf_counter() - start)
+                    per_condition["via-text"][i] = sc
+                    records[i]["via_text"] = {**out, "rebuilt": rebuilt, **sc}
+                done += 1
             if on_progress:
                 for c in written:
                     on_progress(c, done)

@@ -160,3 +160,24 @@ def test_via_text_condition(run, tiny_model, tmp_path):
     assert "gap_closed_via_text" in res
     bad = run("eval", "recon", "-m", tiny_model, "--conditions", "via-text")
     assert bad.code == 2
+
+
+def test_shared_context_written_once(run, tiny_model, tmp_path, monkeypatch):
+    from gradmem_cli import engine
+
+    seen = []
+    real = engine.memorize
+
+    def counting(lm, docs, cfg, on_step=None):
+        seen.extend(d.text for d in docs)
+        return real(lm, docs, cfg, on_step)
+
+    monkeypatch.setattr(engine, "memorize", counting)
+    data_file = tmp_path / "qa.jsonl"
+    lines = [{"context": "Mira keeps the lighthouse.", "question": q, "answers": ["Mira"]} for q in ("Who?", "Which?")]
+    data_file.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    result = run("eval", "qa", "--data", data_file, "-m", tiny_model, *FAST, "--max-new-tokens", "2", "--json",
+                 "--conditions", "memory")
+    assert result.code == 0, result.err
+    assert seen == ["Mira keeps the lighthouse."]
+    assert json.loads(result.out)["n"] == 2
