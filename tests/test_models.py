@@ -50,7 +50,7 @@ def test_default_model_from_environment(monkeypatch):
 
 
 def test_missing_model_package(monkeypatch):
-    fake = models.PackagedGGUF("no_such_package_xyz", "m.gguf", "pip install no-such-package")
+    fake = models.PackagedGGUF((("no_such_package_xyz", "m.gguf"),), "m.gguf", "pip install no-such-package")
     monkeypatch.setitem(models.ALIASES, "fake-alias", fake)
     with pytest.raises(GradmemError, match="not installed: pip install no-such-package"):
         load_model("fake-alias")
@@ -71,3 +71,24 @@ def test_gradmem_home(monkeypatch, tmp_path):
     assert models.gradmem_home() == tmp_path
     monkeypatch.delenv("GRADMEM_HOME")
     assert "gradmem" in str(models.gradmem_home())
+
+
+def test_multipart_gguf_joined_and_checked(tmp_path, monkeypatch):
+    """Parts in several packages are joined in order once, and a wrong checksum is refused."""
+    import hashlib
+
+    for i in (1, 2):
+        pkg = tmp_path / "site" / f"fakeparts{i}"
+        (pkg / "data").mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        (pkg / "data" / f"part{i:02d}.bin").write_bytes(bytes([i]) * 1000)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    joined = bytes([1]) * 1000 + bytes([2]) * 1000
+    files = tuple((f"fakeparts{i}", f"data/part{i:02d}.bin") for i in (1, 2))
+    bad = models.PackagedGGUF(files, "bad.gguf", "pip install fake", sha256="0" * 64)
+    with pytest.raises(GradmemError, match="fail their checksum"):
+        models._packaged_gguf(bad)
+    assert not (models.gradmem_home() / "gguf" / "bad.gguf").exists()
+    good = models.PackagedGGUF(files, "good.gguf", "pip install fake", sha256=hashlib.sha256(joined).hexdigest())
+    path = models._packaged_gguf(good)
+    assert path.read_bytes() == joined and models._packaged_gguf(good) == path
