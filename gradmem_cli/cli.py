@@ -98,14 +98,19 @@ def write(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
-    mem_tokens: Annotated[int, typer.Option(help="Memory vectors per segment (m).")] = _W.mem_tokens,
-    segment_tokens: Annotated[int, typer.Option(help="Longest segment in tokens; longer texts are split.")] = _W.segment_tokens,
-    steps: Annotated[int, typer.Option(help="Most optimisation steps per segment.")] = _W.steps,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = _W.lr,
-    optimizer: Annotated[str, typer.Option(help="adam or sgd.")] = _W.optimizer,
-    schedule: Annotated[str, typer.Option(help="cosine (warm-up, then decay to 0 at --steps) or constant.")] = _W.schedule,
+    mem_tokens: Annotated[Optional[int], typer.Option(help="Memory vectors per segment (m) [8; a trained writer's m].")] = _W.mem_tokens,
+    segment_tokens: Annotated[Optional[int], typer.Option(help="Longest segment in tokens; longer texts are split "
+                                                          "[64; a trained writer: what its positions hold].")] = _W.segment_tokens,
+    steps: Annotated[Optional[int], typer.Option(help="Most optimisation steps per segment [400; a trained writer "
+                                                 "runs exactly this many, by default its K].")] = _W.steps,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate [0.05; a trained writer's alpha].")] = _W.lr,
+    optimizer: Annotated[Optional[str], typer.Option(help="adam or sgd [adam; a trained writer: its own rule].")] = _W.optimizer,
+    schedule: Annotated[Optional[str], typer.Option(help="cosine (warm-up, then decay to 0 at --steps) or constant "
+                                                    "[cosine; constant for a trained writer].")] = _W.schedule,
     warmup: Annotated[float, typer.Option(help="Warm-up fraction of --steps.")] = _W.warmup,
-    init: Annotated[str, typer.Option(help="Initial memory: tokens (the segment's first m token embeddings) or random.")] = _W.init,
+    init: Annotated[Optional[str], typer.Option(help="Initial memory: tokens (the segment's first m token embeddings), "
+                                                "random, or learned (a trained writer's M0 and rule) "
+                                                "[learned for a gradmem train checkpoint, else tokens].")] = _W.init,
     target_acc: Annotated[float, typer.Option(help="Stop at this teacher-forced token accuracy.")] = _W.target_acc,
     margin: Annotated[float, typer.Option(help="At --target-acc 1, also require this logit margin on every token.")] = _W.margin,
     batch_tokens: Annotated[int, typer.Option(help="Tokens optimised together per step across segments and files.")] = _W.batch_tokens,
@@ -128,6 +133,7 @@ def write(
     docs = documents.read_inputs(inputs)
     paths = _output_paths(docs, output)
     lm = load_model(model, device=device, dtype=dtype, quiet=quiet)
+    cfg = cfg.resolve(lm)
     out_of = {id(d): p for d, p in zip(docs, paths)}
     reports = []
     with make_progress(quiet) as progress:
@@ -147,7 +153,7 @@ def write(
             report.output = str(path)
             reports.append(report)
             progress.update(tasks[id(doc)], total=report.segments, completed=report.segments)
-            if not quiet and min(report.accuracy) < cfg.target_acc:
+            if not quiet and cfg.init != "learned" and min(report.accuracy) < cfg.target_acc:
                 console.print(f"[yellow]warning:[/yellow] {doc.name}: not every segment reached "
                               f"--target-acc {cfg.target_acc} in {cfg.steps} steps (accuracy {report.accuracy})")
     if json_out:
@@ -248,6 +254,53 @@ def inspect(
     from gradmem_cli.views import show_inspect
 
     show_inspect(result)
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Argument(help="YAML file of training settings (see configs/ and "
+                                                     "gradmem_cli/train.py TrainConfig).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting: KEY=VALUE (repeatable), "
+                                                      "e.g. --set max_steps=500 --set out=runs/x.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Meta-train a model to write into memory (GradMem), or a baseline; resumes a run already in its folder."""
+    import shlex
+
+    from gradmem_cli import train as training
+
+    cfg = training.load_config(config, set_ or [])
+    result = training.train(cfg, command=shlex.join(["gradmem", *sys.argv[1:]]))
+    if json_out:
+        _emit_json(dataclasses.asdict(result))
+
+
+@app.command("train-eval")
+def train_eval(
+    model: Annotated[str, typer.Argument(help="A checkpoint folder written by gradmem train.")],
+    pairs: Annotated[int, typer.Option(help="Key-value pairs per generated sample.")] = 8,
+    data: Annotated[Optional[Path], typer.Option(help="A JSONL file of kv samples to use instead of generated ones.")] = None,
+    steps: Annotated[str, typer.Option(help="Write steps K_eval to try: a list (1,2,5) or a range (1-10) "
+                                       "[default: the K it was trained with].")] = "",
+    samples: Annotated[int, typer.Option(help="Generated samples.")] = 1000,
+    seed: SeedOpt = 12345,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 250,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+    offline: OfflineOpt = False,
+) -> None:
+    """Teacher-forced key-value EM of a trained checkpoint for each number of write steps (the paper's heat map)."""
+    _setup(offline)
+    from gradmem_cli import train as training
+
+    rows = training.steps_table(model, pairs=pairs, data=data, steps=steps, samples=samples, seed=seed,
+                                batch_size=batch_size, device=device)
+    if json_out:
+        _emit_json({"model": model, "rows": rows})
+        return
+    from gradmem_cli.views import show_steps_table
+
+    show_steps_table(model, rows)
 
 
 def _version(value: bool) -> None:
