@@ -764,7 +764,7 @@ def _train(cfg: TrainConfig, command: str, dist: _Distributed) -> TrainResult:
                 best = advance = done = False
                 if dist.rank == 0:
                     last_eval, advance, best = _evaluate_and_decide(cfg, model, tokenizer, device, meta, eval_sets, run)
-                    done = last_eval["final_em"] >= cfg.stop_em
+                    done = last_eval.get("final_em", -1.0) >= cfg.stop_em
                 advance, done = (bool(x) for x in dist.broadcast([float(advance), float(done)], device))
                 if advance:
                     meta["stage"] += 1
@@ -787,25 +787,27 @@ def _train(cfg: TrainConfig, command: str, dist: _Distributed) -> TrainResult:
 
 def _evaluate_and_decide(cfg: TrainConfig, model: MetaModel, tokenizer: Any, device: torch.device,
                          meta: dict[str, Any], eval_sets: dict[int, list[kv.KVSample]], run: Run,
-                         ) -> tuple[dict[str, float], bool, bool]:
-    """Held-out EM at the current stage (and at the final load); updates best; says whether to advance."""
-    stage_pairs = cfg.stages[meta["stage"]]
+                         ) -> tuple[dict[str, Any], bool, bool]:
+    """Held-out EM at the current stage's load; (record, advance to the next stage?, new best?).
+
+    Only the final stage (``pairs``) counts for the best checkpoint and ``stop_em``; earlier
+    curriculum stages are evaluated at their own load, which decides when they end.
+    """
+    pairs = cfg.stages[meta["stage"]]
+    final = meta["stage"] == len(cfg.stages) - 1
     tick = time.perf_counter()
-    record: dict[str, Any] = {"step": meta["step"], "eval": True, "pairs": stage_pairs}
-    for pairs in sorted({stage_pairs, cfg.pairs}):
-        if pairs not in eval_sets:
-            eval_sets[pairs] = eval_samples(cfg, pairs)
-        result = evaluate(model, tokenizer, eval_sets[pairs], cfg.eval_batch_size, device)
-        record[f"em_{pairs}"] = result["em"]
-        record[f"token_acc_{pairs}"] = result["token_acc"]
-        record[f"loss_{pairs}"] = result["loss"]
-    record["final_em"] = record[f"em_{cfg.pairs}"]
-    record["seconds"] = time.perf_counter() - tick
-    final_key = (record["final_em"], record[f"token_acc_{cfg.pairs}"])
-    best = final_key > (meta["best_em"], meta.get("best_token_acc", -1.0))
+    if pairs not in eval_sets:
+        eval_sets[pairs] = eval_samples(cfg, pairs)
+    result = evaluate(model, tokenizer, eval_sets[pairs], cfg.eval_batch_size, device)
+    record: dict[str, Any] = {"step": meta["step"], "eval": True, "pairs": pairs, "em": result["em"],
+                              "token_acc": result["token_acc"], "loss": result["loss"],
+                              "seconds": time.perf_counter() - tick}
+    best = final and (result["em"], result["token_acc"]) > (meta["best_em"], meta.get("best_token_acc", -1.0))
     if best:
-        meta.update(best_em=record["final_em"], best_token_acc=record[f"token_acc_{cfg.pairs}"], best_step=meta["step"])
-    advance = meta["stage"] < len(cfg.stages) - 1 and record[f"em_{stage_pairs}"] >= cfg.advance_em
+        meta.update(best_em=result["em"], best_token_acc=result["token_acc"], best_step=meta["step"])
+    if final:
+        record["final_em"] = result["em"]
+    advance = not final and result["em"] >= cfg.advance_em
     run.log("eval " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                for k, v in record.items() if k != "eval") + (" (best)" if best else ""), record)
     return record, advance, best
