@@ -108,6 +108,9 @@ class TrainConfig:
     mem_proj: bool = False
     """A shared Linear(d -> d), identity at init: gradmem applies it to the memory in WRITE and
     READ; rmt maps the trailing states through it (the paper's RMT baseline uses it)."""
+    init_from: str = ""
+    """A checkpoint folder (of the same architecture) whose weights start a new run: the paper's
+    warm starts, e.g. 64 pairs from a 16-pair run. Empty: fresh weights."""
 
     # --- outer optimisation ---
     batch_size: int = 16
@@ -426,6 +429,8 @@ def load_model_weights(model: MetaModel, folder: Path) -> None:
 
     from gradmem_cli.writer import WRITER_WEIGHTS
 
+    if not (folder / "model.safetensors").is_file():
+        raise GradmemError(f"{folder}: not a checkpoint folder (no model.safetensors)")
     state = load_file(str(folder / "model.safetensors"))
     missing, unexpected = model.lm.load_state_dict(state, strict=False)
     tied = set(getattr(model.lm, "_tied_weights_keys", None) or [])
@@ -713,9 +718,12 @@ def _train(cfg: TrainConfig, command: str, dist: _Distributed) -> TrainResult:
         run.truncate_metrics(meta["step"])
         run.log(f"resumed {run.root} from {latest.name} (step {meta['step']}, stage pairs {cfg.stages[meta['stage']]})")
     else:
+        if cfg.init_from:
+            load_model_weights(model, Path(cfg.init_from))
         n_params = sum(p.numel() for p in params)
         run.log(f"new run {run.root}: writer {cfg.writer}, {n_params:,} parameters, device {device}, "
-                f"threads {torch.get_num_threads()}, processes {dist.world}")
+                f"threads {torch.get_num_threads()}, processes {dist.world}"
+                + (f", weights from {cfg.init_from}" if cfg.init_from else ""))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
     eval_sets: dict[int, list[kv.KVSample]] = {}
     started = time.perf_counter()

@@ -186,3 +186,33 @@ def test_parse_steps():
     assert training.parse_steps("1,5") == [1, 5]
     with pytest.raises(UsageError):
         training.parse_steps("a-b")
+
+
+def test_warm_start_from_a_checkpoint(tmp_path):
+    training.train(tiny_config(tmp_path / "a", max_steps=2, eval_every=2, lr=1e-2))
+    source = tmp_path / "a" / "run" / "best"
+    cfg = tiny_config(tmp_path / "b", max_steps=1, eval_every=1, init_from=str(source), pairs=2)
+    model, _ = training.build(cfg, torch.device("cpu"))
+    training.load_model_weights(model, source)
+    assert torch.equal(model.writer.m0, _params(source)["m0"])
+    assert training.train(cfg).step == 1
+    assert "weights from" in (tmp_path / "b" / "run" / "train.log").read_text()
+
+
+def test_torchrun_two_processes(tmp_path):
+    """Data-parallel training (gloo on CPU here; NCCL on GPUs): gradients are averaged over processes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    args = [f"{k}={v}" for k, v in {**TINY, "max_steps": 2, "eval_every": 2, "out": tmp_path / "run"}.items()]
+    cmd = [str(torchrun), "--nproc_per_node", "2", "-m", "gradmem_cli", "train", *sum((["--set", a] for a in args), [])]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "processes 2" in log and "stopped at step 2" in log
+    summary = json.loads((tmp_path / "run" / "best" / "gradmem_writer.json").read_text())["training"]
+    assert summary["batch_size"] == 2 * TINY["batch_size"]
