@@ -291,9 +291,9 @@ def train_eval(
 ) -> None:
     """Teacher-forced key-value EM of a trained checkpoint for each number of write steps (the paper's heat map)."""
     _setup(offline)
-    from gradmem_cli import train as training
+    from gradmem_cli import metamodel
 
-    rows = training.steps_table(model, pairs=pairs, data=data, steps=steps, samples=samples, seed=seed,
+    rows = metamodel.steps_table(model, pairs=pairs, data=data, steps=steps, samples=samples, seed=seed,
                                 batch_size=batch_size, device=device)
     if json_out:
         _emit_json({"model": model, "rows": rows})

@@ -8,46 +8,31 @@ harness trains the forward-only ``rmt`` writer (same m) and the ``full`` context
 reads ``[C; Q Y]`` (the upper bound, no memory).
 
 Samples are generated afresh for every step from ``(seed, step, rank)``, so a resumed run sees
-exactly the batches it would have seen. A run folder holds::
-
-    config.yaml            the resolved TrainConfig (a resume must agree with it)
-    command.txt            every command line that started or resumed the run
-    train.log              human-readable log; metrics.jsonl: one JSON record per log/eval
-    checkpoints/step-N/    model/ (a checkpoint folder, see save_model) and state/ (resume only:
-                           optimizer + RNG tensors in safetensors, step/stage/best in JSON)
-    latest                 the name of the newest complete checkpoint
-    best/                  the checkpoint folder with the best held-out EM at the final pair count
-
-Nothing is pickled: weights and optimizer tensors are safetensors, the rest YAML/JSON.
+exactly the batches it would have seen; the run folder (``runfolder.py``) keeps checkpoints,
+optimizer and RNG state, logs and the config. Under ``torchrun`` each process trains on its own
+samples and gradients are averaged by all-reduce.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import random
-import shutil
 import signal
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from gradmem_cli.errors import GradmemError, UsageError
+from gradmem_cli.metamodel import MetaModel, build, encode, evaluate, load_model_weights, scores
+from gradmem_cli.runfolder import Run, read_state
 from gradmem_cli.tasks import kv
-from gradmem_cli.writer import LearnedWriter, WriterConfig, _upcast, read_logits, write_memory
 
 WRITERS = ("gradmem", "rmt", "full")
-# Fields a resumed run may change; any other difference from the saved config is refused.
-RESUMABLE_CHANGES = {"max_steps", "eval_every", "log_every", "threads", "keep_checkpoints", "stop_em",
-                     "max_minutes", "device", "eval_batch_size"}
 
 
 @dataclass
@@ -82,10 +67,13 @@ class TrainConfig:
     """``scratch`` (a Llama built from the fields below with the 70-id character tokenizer), or a
     pretrained model (Hugging Face id, folder, .gguf or alias) fine-tuned as a whole."""
     layers: int = 4
+    """scratch only: transformer layers (the paper: 4)."""
     hidden: int = 128
+    """scratch only: hidden size d, also the size of a memory vector (the paper: 128)."""
     heads: int = 4
+    """scratch only: attention heads (the paper: 4)."""
     ffn: int = 512
-    """scratch only: layers, hidden size d, attention heads, MLP width (the paper: 4, 128, 4, 512)."""
+    """scratch only: MLP width (the paper: 512)."""
     max_positions: int = 1024
     """scratch only: max_position_embeddings (RoPE; bounds the context a checkpoint can write)."""
 
@@ -118,7 +106,9 @@ class TrainConfig:
     lr: float = 1e-3
     """AdamW peak learning rate."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
     weight_decay: float = 0.0
+    """AdamW weight decay (on every parameter; the paper uses 0)."""
     warmup_steps: int = 500
     """Linear warm-up from 0 to ``lr``."""
     schedule: str = "constant"
@@ -136,7 +126,9 @@ class TrainConfig:
     eval_samples: int = 1000
     """Held-out samples per evaluation (fixed, generated from ``eval_seed``)."""
     eval_seed: int = 12345
+    """Seeds the held-out samples (training samples come from a separate seed stream)."""
     eval_batch_size: int = 250
+    """Samples per forward pass during evaluation."""
     log_every: int = 50
     """Log the mean training loss and EM every this many steps."""
     keep_checkpoints: int = 2
@@ -243,52 +235,6 @@ def load_config(path: Path | None, overrides: list[str] = ()) -> TrainConfig:
         raise UsageError(f"train config: {exc}") from None
 
 
-# ---------------------------------------------------------------- data
-
-
-@dataclass
-class Batch:
-    """Encoded samples: the context to write, and the read sequence (query + target) with labels."""
-
-    ctx: torch.Tensor  # [B, Lc] right-padded context ids
-    ctx_mask: torch.Tensor  # [B, Lc] True on real tokens
-    read: torch.Tensor  # [B, Lr] query + target ids, right-padded
-    labels: torch.Tensor  # [B, Lr] target ids, -100 elsewhere
-    scored: torch.Tensor  # [B, Lr] True on the tokens exact match is scored on (the value)
-
-    def to(self, device: torch.device) -> Batch:
-        return Batch(*(t.to(device) for t in dataclasses.astuple(self)))
-
-
-def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
-    out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    return out
-
-
-def encode(tokenizer: Any, samples: list[kv.KVSample]) -> Batch:
-    """Tokenise samples; the value and the closing ``!|`` are tokenised apart so EM is exact."""
-    def ids(texts: list[str]) -> list[list[int]]:
-        return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-
-    ctx = ids([s.context for s in samples])
-    query = ids([s.query for s in samples])
-    value = ids([s.value for s in samples])
-    tail = ids([s.target[kv.VALUE_CHARS:] for s in samples])
-    read = [q + v + t for q, v, t in zip(query, value, tail)]
-    labels = [[-100] * len(q) + v + t for q, v, t in zip(query, value, tail)]
-    scored = [[0] * len(q) + [1] * len(v) + [0] * len(t) for q, v, t in zip(query, value, tail)]
-    ctx_t = _pad(ctx, 0)
-    return Batch(
-        ctx=ctx_t,
-        ctx_mask=_pad([[1] * len(c) for c in ctx], 0).bool(),
-        read=_pad(read, 0),
-        labels=_pad(labels, -100),
-        scored=_pad(scored, 0).bool(),
-    )
-
-
 def train_samples(cfg: TrainConfig, step: int, rank: int, pairs: int) -> list[kv.KVSample]:
     """The batch of one step on one process: a pure function of (seed, step, rank, pairs)."""
     rng = random.Random(f"train:{cfg.seed}:{step}:{rank}")
@@ -298,311 +244,6 @@ def train_samples(cfg: TrainConfig, step: int, rank: int, pairs: int) -> list[kv
 def eval_samples(cfg: TrainConfig, pairs: int) -> list[kv.KVSample]:
     """The fixed held-out split for a pair count (a seed stream the training batches never use)."""
     return kv.dataset(pairs, cfg.eval_samples, seed=cfg.eval_seed)
-
-
-def length_batches(samples: list[kv.KVSample], size: int) -> Iterator[list[kv.KVSample]]:
-    """Batches of at most ``size`` samples whose contexts have equal length (rmt needs it)."""
-    by_len: dict[int, list[kv.KVSample]] = {}
-    for s in samples:
-        by_len.setdefault(len(s.context), []).append(s)
-    for group in by_len.values():
-        for i in range(0, len(group), size):
-            yield group[i: i + size]
-
-
-# ---------------------------------------------------------------- model
-
-
-class MetaModel(torch.nn.Module):
-    """A backbone plus its writer (None for the full-context baseline), with the READ loss."""
-
-    def __init__(self, lm: Any, writer: LearnedWriter | None, prefix_ids: list[int]):
-        super().__init__()
-        self.lm = lm
-        self.writer = writer
-        self.register_buffer("prefix_ids", torch.tensor(prefix_ids, dtype=torch.long), persistent=False)
-
-    def _prefix(self) -> torch.Tensor | None:
-        return self.lm.get_input_embeddings()(self.prefix_ids) if len(self.prefix_ids) else None
-
-    def forward(self, batch: Batch, steps: int | None = None, grad_mode: str = "none",
-                inner_lr: float | None = None) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """(target cross-entropy, read logits aligned with ``batch.read``, write losses per step)."""
-        prefix = self._prefix()
-        if self.writer is None:
-            logits = self._full_context_logits(batch, prefix)
-            inner: list[torch.Tensor] = []
-        else:
-            trace = write_memory(self.lm, self.writer, batch.ctx, batch.ctx_mask, steps=steps,
-                                 inner_lr=inner_lr, grad_mode=grad_mode, prefix=prefix)
-            logits = read_logits(self.lm, self.writer, trace.memory, batch.read, prefix)
-            inner = trace.losses
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1), ignore_index=-100)
-        return loss, logits, inner
-
-    def _full_context_logits(self, batch: Batch, prefix: torch.Tensor | None) -> torch.Tensor:
-        """Logits for the read tokens after the whole context: ``[prefix; C; Q Y]``."""
-        lengths = batch.ctx_mask.sum(1)
-        rows = [torch.cat([c[:n], r]) for c, n, r in zip(batch.ctx, lengths, batch.read)]
-        joint = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
-        embeds = self.lm.get_input_embeddings()(joint)
-        if prefix is not None:
-            embeds = torch.cat([prefix.unsqueeze(0).expand(len(rows), -1, -1), embeds], dim=1)
-        logits = _upcast(self.lm(inputs_embeds=embeds, use_cache=False).logits)
-        start = lengths + (0 if prefix is None else prefix.shape[0]) - 1
-        index = start[:, None] + torch.arange(batch.read.shape[1], device=joint.device)[None]
-        return logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))
-
-
-def scores(logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-    """Teacher-forced per-sample exact match (all value tokens right) and target-token hits."""
-    pred = logits.argmax(-1)
-    right = pred == batch.read
-    target = batch.labels != -100
-    em = (right | ~batch.scored).all(1)
-    return {"em": em.float(), "hits": (right & target).sum(1).float(), "targets": target.sum(1).float()}
-
-
-def build(cfg: TrainConfig, device: torch.device) -> tuple[MetaModel, Any]:
-    """A fresh model for ``cfg`` (seeded): the backbone with eager attention, and its writer."""
-    from gradmem_cli.models import _quiet_hf
-
-    _quiet_hf()
-    torch.manual_seed(cfg.seed)
-    if cfg.backbone == "scratch":
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        from gradmem_cli.chartok import build_char_tokenizer
-
-        tokenizer = build_char_tokenizer()
-        config = LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=cfg.hidden, intermediate_size=cfg.ffn,
-            num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
-            max_position_embeddings=cfg.max_positions, tie_word_embeddings=False,
-            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        lm = LlamaForCausalLM._from_config(config, attn_implementation="eager")
-        # The model's answers end with "|": generation stops there.
-        lm.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("|")
-        lm.generation_config.pad_token_id = tokenizer.pad_token_id
-        prefix: list[int] = []
-    else:
-        from gradmem_cli.models import load_model
-
-        loaded = load_model(cfg.backbone, device="cpu", dtype="float32", attn_implementation="eager")
-        lm, tokenizer, prefix = loaded.model, loaded.tokenizer, loaded.prefix_ids
-    lm.requires_grad_(True)
-    writer = None
-    if cfg.writer != "full":
-        hidden = lm.get_input_embeddings().weight.shape[1]
-        writer = LearnedWriter(_writer_config(cfg), hidden, lm.get_output_embeddings().weight.shape[0])
-        writer.init_write_head(lm.get_output_embeddings().weight)
-    model = MetaModel(lm, writer, prefix).to(device)
-    model.train()
-    return model, tokenizer
-
-
-def _writer_config(cfg: TrainConfig, summary: dict[str, Any] | None = None) -> WriterConfig:
-    return WriterConfig(kind=cfg.writer, mem_tokens=cfg.mem_tokens, steps=cfg.inner_steps, inner_lr=cfg.inner_lr,
-                        grad_mode=cfg.grad_mode, write_head=cfg.write_head, mem_proj=cfg.mem_proj,
-                        training=summary or {})
-
-
-def save_model(model: MetaModel, tokenizer: Any, cfg: TrainConfig, folder: Path, summary: dict[str, Any]) -> None:
-    """A checkpoint folder: the Hugging Face model and tokenizer (``AutoModelForCausalLM`` loads it),
-    ``gradmem_writer.json``/``.safetensors`` (not for ``full``), and ``train_config.yaml``."""
-    import yaml
-
-    folder.mkdir(parents=True, exist_ok=True)
-    model.lm.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    if model.writer is not None:
-        model.writer.cfg = _writer_config(cfg, summary)
-        model.writer.save(folder)
-    (folder / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def load_model_weights(model: MetaModel, folder: Path) -> None:
-    """Load a checkpoint folder's weights into ``model`` (built from the same config)."""
-    from safetensors.torch import load_file
-
-    from gradmem_cli.writer import WRITER_WEIGHTS
-
-    if not (folder / "model.safetensors").is_file():
-        raise GradmemError(f"{folder}: not a checkpoint folder (no model.safetensors)")
-    state = load_file(str(folder / "model.safetensors"))
-    missing, unexpected = model.lm.load_state_dict(state, strict=False)
-    tied = set(getattr(model.lm, "_tied_weights_keys", None) or [])
-    if unexpected or any(k not in tied for k in missing):
-        raise GradmemError(f"{folder}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")
-    if model.writer is not None:
-        model.writer.load_state_dict(load_file(str(folder / WRITER_WEIGHTS)))
-
-
-# ---------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def evaluate(model: MetaModel, tokenizer: Any, samples: list[kv.KVSample], batch_size: int,
-             device: torch.device, steps: int | None = None, inner_lr: float | None = None) -> dict[str, float]:
-    """Teacher-forced EM, token accuracy and loss over ``samples``, writing with ``steps`` (default K).
-
-    The write still needs gradients with respect to the memory; parameters are frozen meanwhile so
-    that no graph through the weights is built.
-    """
-    was_training = model.training
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    em = hits = targets = loss_sum = 0.0
-    try:
-        for group in length_batches(samples, batch_size):
-            batch = encode(tokenizer, group).to(device)
-            loss, logits, _ = model(batch, steps=steps, grad_mode="none", inner_lr=inner_lr)
-            s = scores(logits, batch)
-            em += s["em"].sum().item()
-            hits += s["hits"].sum().item()
-            targets += s["targets"].sum().item()
-            loss_sum += loss.item() * len(group)
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
-    n = len(samples)
-    return {"em": em / n, "token_acc": hits / max(1, targets), "loss": loss_sum / n, "samples": n}
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def _write_state(folder: Path, optimizer: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    state = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    for index, slots in state["state"].items():
-        for name, value in slots.items():
-            tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
-    save_file(tensors, str(folder / "training_state.safetensors"))
-    meta = {**meta, "param_groups": state["param_groups"]}
-    (folder / "trainer_state.json").write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def _read_state(folder: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(folder / "training_state.safetensors"))
-    meta = json.loads((folder / "trainer_state.json").read_text())
-    slots: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            slots.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": slots, "param_groups": meta.pop("param_groups")})
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-    return meta
-
-
-class Run:
-    """A run folder: config, logs, checkpoints (see the module docstring)."""
-
-    def __init__(self, cfg: TrainConfig, main_process: bool = True):
-        self.cfg = cfg
-        self.root = Path(cfg.out)
-        self.main = main_process
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    def latest(self) -> Path | None:
-        pointer = self.root / "latest"
-        if not pointer.is_file():
-            return None
-        folder = self.checkpoints / pointer.read_text().strip()
-        return folder if (folder / "state" / "trainer_state.json").is_file() else None
-
-    def check_config(self) -> None:
-        """Refuse to resume with settings that change what is being trained."""
-        import yaml
-
-        saved_path = self.root / "config.yaml"
-        if not saved_path.is_file():
-            return
-        saved = yaml.safe_load(saved_path.read_text()) or {}
-        current = self.cfg.to_dict()
-        changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k, current[k]) != current[k])
-        if changed:
-            raise UsageError(f"{self.root} holds a run with different settings ({', '.join(changed)}); "
-                             "choose another out folder")
-
-    def start(self, command: str) -> None:
-        import yaml
-
-        if not self.main:
-            return
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        with open(self.root / "command.txt", "a") as fh:
-            fh.write(command + "\n")
-
-    def truncate_metrics(self, step: int) -> None:
-        """Drop metric records newer than the checkpoint a resume starts from."""
-        path = self.root / "metrics.jsonl"
-        if not self.main or not path.is_file():
-            return
-        keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-        path.write_text("".join(line + "\n" for line in keep))
-
-    def log(self, message: str, record: dict[str, Any] | None = None) -> None:
-        if not self.main:
-            return
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
-        print(line, file=sys.stderr, flush=True)
-        with open(self.root / "train.log", "a") as fh:
-            fh.write(line + "\n")
-        if record is not None:
-            with open(self.root / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-
-    def save(self, model: MetaModel, tokenizer: Any, optimizer: torch.optim.Optimizer, meta: dict[str, Any],
-             summary: dict[str, Any], best: bool) -> None:
-        """Write checkpoint ``step-N`` atomically (temp folder, rename, then the ``latest`` pointer)."""
-        if not self.main:
-            return
-        name = f"step-{meta['step']:08d}"
-        tmp = self.checkpoints / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_model(model, tokenizer, self.cfg, tmp / "model", summary)
-        _write_state(tmp / "state", optimizer, meta)
-        final = self.checkpoints / name
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        pointer = self.root / ".latest.tmp"
-        pointer.write_text(name + "\n")
-        os.replace(pointer, self.root / "latest")
-        if best:
-            tmp_best = self.root / ".best.tmp"
-            shutil.rmtree(tmp_best, ignore_errors=True)
-            shutil.copytree(final / "model", tmp_best)
-            shutil.rmtree(self.root / "best", ignore_errors=True)
-            os.replace(tmp_best, self.root / "best")
-        kept = sorted(p for p in self.checkpoints.iterdir() if p.name.startswith("step-"))
-        for old in kept[: -self.cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-# ---------------------------------------------------------------- training
 
 
 class _Distributed:
@@ -714,7 +355,7 @@ def _train(cfg: TrainConfig, command: str, dist: _Distributed) -> TrainResult:
     run.start(command)
     if latest is not None:
         load_model_weights(model, latest / "model")
-        meta = _read_state(latest / "state", optimizer)
+        meta = read_state(latest / "state", optimizer)
         run.truncate_metrics(meta["step"])
         run.log(f"resumed {run.root} from {latest.name} (step {meta['step']}, stage pairs {cfg.stages[meta['stage']]})")
     else:
@@ -821,66 +462,3 @@ def _evaluate_and_decide(cfg: TrainConfig, model: MetaModel, tokenizer: Any, dev
     return record, advance, best
 
 
-# ---------------------------------------------------------------- test-time scaling of the write
-
-
-def parse_steps(text: str) -> list[int]:
-    """``"1-10"`` or ``"1,2,5"`` as a list of step counts."""
-    try:
-        if "-" in text:
-            lo, hi = (int(x) for x in text.split("-", 1))
-            values = list(range(lo, hi + 1))
-        else:
-            values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UsageError(f"--steps {text}: expected a list like 1,2,5 or a range like 1-10") from None
-    if not values or min(values) < 0:
-        raise UsageError(f"--steps {text}: expected step counts of 0 or more")
-    return values
-
-
-def read_kv_file(path: Path) -> list[kv.KVSample]:
-    """Samples from a JSONL file in the paper's format (one {context, query, target} per line)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GradmemError(f"cannot read {path}: {exc}") from None
-    out = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(kv.parse(json.loads(line), f"{path}:{number}"))
-        except json.JSONDecodeError:
-            raise GradmemError(f"{path}:{number}: not a JSON object") from None
-        except ValueError as exc:
-            raise GradmemError(str(exc)) from None
-    if not out:
-        raise GradmemError(f"{path}: no samples")
-    return out
-
-
-def steps_table(model_dir: str, pairs: int = 8, data: Path | None = None, steps: str = "", samples: int = 1000,
-                seed: int = 12345, batch_size: int = 250, device: str = "auto") -> list[dict[str, Any]]:
-    """EM of a checkpoint on kv samples for each write step count K_eval (one row per K_eval).
-
-    The checkpoint is loaded the way ``gradmem write`` loads it (models.load_model). A full-context
-    checkpoint (no writer) gives one row, with the context in its input.
-    """
-    from gradmem_cli.models import load_model
-
-    lm = load_model(model_dir, device=device, dtype="float32", quiet=True)
-    if data is not None:
-        items = read_kv_file(data)
-    else:
-        if pairs < 1 or samples < 1:
-            raise UsageError("--pairs and --samples must be at least 1")
-        items = kv.dataset(pairs, samples, seed=seed)
-    model = MetaModel(lm.model, lm.writer, lm.prefix_ids).to(lm.device)
-    counts: list[int | None] = [None] if lm.writer is None else (
-        parse_steps(steps) if steps else [lm.writer.cfg.steps])
-    rows = []
-    for k in counts:
-        result = evaluate(model, lm.tokenizer, items, batch_size, lm.device, steps=k)
-        rows.append({"steps": k, **result})
-    return rows

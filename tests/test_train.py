@@ -8,10 +8,11 @@ import random
 import pytest
 import torch
 
+from gradmem_cli import metamodel
 from gradmem_cli import train as training
 from gradmem_cli.errors import UsageError
 from gradmem_cli.tasks import kv
-from gradmem_cli.writer import write_memory
+from gradmem_cli.writer import read_logits, write_memory
 
 # A model small enough that float64 finite differences and 20-step runs take seconds.
 TINY = {"layers": 1, "hidden": 16, "heads": 2, "ffn": 32, "mem_tokens": 2, "pairs": 1, "batch_size": 4,
@@ -23,9 +24,9 @@ def tiny_config(tmp_path, **changes) -> training.TrainConfig:
 
 
 def _model(cfg: training.TrainConfig, dtype=torch.float64):
-    model, tokenizer = training.build(cfg, torch.device("cpu"))
+    model, tokenizer = metamodel.build(cfg, torch.device("cpu"))
     model.to(dtype)
-    batch = training.encode(tokenizer, kv.dataset(cfg.pairs, 3, seed=1))
+    batch = metamodel.encode(tokenizer, kv.dataset(cfg.pairs, 3, seed=1))
     return model, batch
 
 
@@ -73,7 +74,7 @@ def test_grad_modes_differ_as_documented(tmp_path):
     # the write head gets nothing (it only shapes g).
     trace = write_memory(model.lm, model.writer, batch.ctx, batch.ctx_mask, grad_mode="none")
     memory = trace.memory.clone().requires_grad_(True)
-    logits = training.read_logits(model.lm, model.writer, memory, batch.read)
+    logits = read_logits(model.lm, model.writer, memory, batch.read)
     read_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1))
     (d_memory,) = torch.autograd.grad(read_loss, memory)
     assert torch.allclose(first["writer.m0"], d_memory.sum(0))
@@ -152,17 +153,17 @@ def test_exact_match_counts_only_the_value(tmp_path):
     from gradmem_cli.chartok import build_char_tokenizer
 
     tok = build_char_tokenizer()
-    batch = training.encode(tok, [kv.generate(2, random.Random(0))])
+    batch = metamodel.encode(tok, [kv.generate(2, random.Random(0))])
     logits = torch.zeros(*batch.read.shape, len(tok))
     logits.scatter_(2, batch.read[..., None], 1.0)
     wrong_tail = logits.clone()
     wrong_tail[0, -1] = 0
     wrong_tail[0, -1, (batch.read[0, -1] + 1) % len(tok)] = 1.0  # the closing "|" mispredicted: still an exact match
-    assert training.scores(wrong_tail, batch)["em"].item() == 1.0
+    assert metamodel.scores(wrong_tail, batch)["em"].item() == 1.0
     wrong_value = logits.clone()
     wrong_value[0, 5] = 0
     wrong_value[0, 5, (batch.read[0, 5] + 1) % len(tok)] = 1.0
-    assert training.scores(wrong_value, batch)["em"].item() == 0.0
+    assert metamodel.scores(wrong_value, batch)["em"].item() == 0.0
     assert batch.scored.sum().item() == kv.VALUE_CHARS and (batch.labels != -100).sum().item() == 4
 
 
@@ -182,18 +183,18 @@ def test_config_file_and_overrides(tmp_path):
 
 
 def test_parse_steps():
-    assert training.parse_steps("1-4") == [1, 2, 3, 4]
-    assert training.parse_steps("1,5") == [1, 5]
+    assert metamodel.parse_steps("1-4") == [1, 2, 3, 4]
+    assert metamodel.parse_steps("1,5") == [1, 5]
     with pytest.raises(UsageError):
-        training.parse_steps("a-b")
+        metamodel.parse_steps("a-b")
 
 
 def test_warm_start_from_a_checkpoint(tmp_path):
     training.train(tiny_config(tmp_path / "a", max_steps=2, eval_every=2, lr=1e-2))
     source = tmp_path / "a" / "run" / "best"
     cfg = tiny_config(tmp_path / "b", max_steps=1, eval_every=1, init_from=str(source), pairs=2)
-    model, _ = training.build(cfg, torch.device("cpu"))
-    training.load_model_weights(model, source)
+    model, _ = metamodel.build(cfg, torch.device("cpu"))
+    metamodel.load_model_weights(model, source)
     assert torch.equal(model.writer.m0, _params(source)["m0"])
     assert training.train(cfg).step == 1
     assert "weights from" in (tmp_path / "b" / "run" / "train.log").read_text()

@@ -15,6 +15,7 @@ from gradmem_cli.chartok import build_char_tokenizer
 from gradmem_cli.models import load_model
 from gradmem_cli.tasks import kv
 from gradmem_cli.write import WriteConfig, write_segments
+from gradmem_cli.writer import write_memory
 
 @dataclass
 class Result:
@@ -108,12 +109,12 @@ def test_write_uses_the_learned_writer(checkpoints, run, tmp_path):
 
 def test_learned_write_matches_training(checkpoints):
     """The engine's write gives the memory the training harness reads (same M0, K, alpha, head)."""
-    from gradmem_cli import train as training
+    from gradmem_cli import metamodel
 
     lm = load_model(str(checkpoints["gradmem"]), device="cpu")
     samples = kv.dataset(2, 3, seed=5)
-    batch = training.encode(lm.tokenizer, samples)
-    trained = training.write_memory(lm.model, lm.writer, batch.ctx, batch.ctx_mask).memory
+    batch = metamodel.encode(lm.tokenizer, samples)
+    trained = write_memory(lm.model, lm.writer, batch.ctx, batch.ctx_mask).memory
     results = sorted(write_segments(lm, [lm.tokenize(s.context) for s in samples], WriteConfig()),
                      key=lambda r: r.index)
     assert torch.allclose(torch.stack([r.memory for r in results]), trained, atol=1e-5)
