@@ -13,11 +13,10 @@ plain SGD steps of rate alpha on its write head's loss (or K forward passes for 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +106,7 @@ class WriteConfig:
             values = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in plain.items()}
             if values["optimizer"] == "forward":
                 raise UsageError("--optimizer forward is the rule of an RMT writer (--init learned)")
-            return dataclasses.replace(self, init=init, **values).validate()
+            return replace(self, init=init, **values).validate()
         if writer is None:
             raise UsageError("--init learned needs a checkpoint trained by gradmem train (it has no writer)")
         rule = "forward" if writer.cfg.kind == "rmt" else "sgd"
@@ -122,7 +121,7 @@ class WriteConfig:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
-        return dataclasses.replace(
+        return replace(
             self, init=init, mem_tokens=m, optimizer=rule, schedule="constant",
             segment_tokens=self.segment_tokens or max(1, room),
             steps=writer.cfg.steps if self.steps is None else self.steps,
