@@ -368,8 +368,7 @@ def _train(cfg: TrainConfig, command: str, dist: _Distributed) -> TrainResult:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
     eval_sets: dict[int, list[kv.KVSample]] = {}
     started = time.perf_counter()
-    window: dict[str, float] = {"loss": 0.0, "em": 0.0, "n": 0, "inner_first": 0.0, "inner_last": 0.0,
-                                "seconds": 0.0}
+    window = dict.fromkeys(("loss", "em", "n", "inner_first", "inner_last", "grad_norm", "seconds"), 0.0)
     last_eval: dict[str, float] | None = None
     stopped = "max_steps"
     step = meta["step"]
@@ -386,8 +385,7 @@ def _train(cfg: TrainConfig, command: str, dist: _Distributed) -> TrainResult:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             dist.average_gradients(params)
-            if cfg.clip_grad:
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad or float("inf"))
             optimizer.step()
             step += 1
             meta["step"] = step
@@ -397,12 +395,14 @@ def _train(cfg: TrainConfig, command: str, dist: _Distributed) -> TrainResult:
                 if inner:
                     window["inner_first"] += inner[0].mean().item()
                     window["inner_last"] += inner[-1].mean().item()
+                window["grad_norm"] += norm.item()
             window["n"] += 1
             window["seconds"] += time.perf_counter() - tick
             if step % cfg.log_every == 0:
                 n = window["n"]
                 record = {"step": step, "pairs": pairs, "lr": lr, "loss": window["loss"] / n,
-                          "train_em": window["em"] / n, "seconds_per_step": window["seconds"] / n}
+                          "train_em": window["em"] / n, "grad_norm": window["grad_norm"] / n,
+                          "seconds_per_step": window["seconds"] / n}
                 if cfg.writer == "gradmem":
                     record.update(inner_loss_first=window["inner_first"] / n, inner_loss_last=window["inner_last"] / n)
                 run.log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()),
