@@ -141,6 +141,7 @@ def write(
     docs = documents.read_inputs(inputs)
     paths = _output_paths(docs, output)
     lm = load_model(model, device=device, dtype=dtype, quiet=quiet)
+    cfg = cfg.resolve(lm)
     out_of = {id(d): p for d, p in zip(docs, paths)}
     reports = []
     with make_progress(quiet) as progress:
@@ -160,7 +161,7 @@ def write(
             report.output = str(path)
             reports.append(report)
             progress.update(tasks[id(doc)], total=report.segments, completed=report.segments)
-            if not quiet and min(report.accuracy) < cfg.target_acc:
+            if not quiet and cfg.init != "learned" and min(report.accuracy) < cfg.target_acc:
                 console.print(f"[yellow]warning:[/yellow] {doc.name}: not every segment reached "
                               f"--target-acc {cfg.target_acc} in {cfg.steps} steps (accuracy {report.accuracy})")
     if json_out:
@@ -342,6 +343,7 @@ def eval_(
 
     dataset = task_data.load(task, data, limit, cfg.seed, pairs=pairs, babi_task=babi_task)
     lm = load_model(model, device=device, dtype=dtype, quiet=quiet)
+    cfg = cfg.resolve(lm)
     default_tokens = {"kv": 4, "recon": 1}.get(task, 24)  # recon sizes each answer by its text
     opts = evaluate.EvalOptions(task=task, conditions=chosen, max_new_tokens=max_new_tokens or default_tokens)
     samples: list[dict] = []
@@ -368,6 +370,53 @@ def eval_(
         from gradmem_cli.views import show_eval
 
         show_eval(result)
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Argument(help="YAML file of training settings (see configs/ and "
+                                                     "gradmem_cli/train.py TrainConfig).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting: KEY=VALUE (repeatable), "
+                                                      "e.g. --set max_steps=500 --set out=runs/x.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Meta-train a model to write into memory (GradMem), or a baseline; resumes a run already in its folder."""
+    import shlex
+
+    from gradmem_cli import train as training
+
+    cfg = training.load_config(config, set_ or [])
+    result = training.train(cfg, command=shlex.join(["gradmem", *sys.argv[1:]]))
+    if json_out:
+        _emit_json(dataclasses.asdict(result))
+
+
+@app.command("train-eval")
+def train_eval(
+    model: Annotated[str, typer.Argument(help="A checkpoint folder written by gradmem train.")],
+    pairs: Annotated[int, typer.Option(help="Key-value pairs per generated sample.")] = 8,
+    data: Annotated[Optional[Path], typer.Option(help="A JSONL file of kv samples to use instead of generated ones.")] = None,
+    steps: Annotated[str, typer.Option(help="Write steps K_eval to try: a list (1,2,5) or a range (1-10) "
+                                       "[default: the K it was trained with].")] = "",
+    samples: Annotated[int, typer.Option(help="Generated samples.")] = 1000,
+    seed: SeedOpt = 12345,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 250,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+    offline: OfflineOpt = False,
+) -> None:
+    """Teacher-forced key-value EM of a trained checkpoint for each number of write steps (the paper's heat map)."""
+    _setup(offline)
+    from gradmem_cli import metamodel
+
+    rows = metamodel.steps_table(model, pairs=pairs, data=data, steps=steps, samples=samples, seed=seed,
+                                batch_size=batch_size, device=device)
+    if json_out:
+        _emit_json({"model": model, "rows": rows})
+        return
+    from gradmem_cli.views import show_steps_table
+
+    show_steps_table(model, rows)
 
 
 def _version(value: bool) -> None:

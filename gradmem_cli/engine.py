@@ -66,7 +66,7 @@ def _header(lm: LoadedModel, doc: Document, tokens: int, cfg: WriteConfig, resul
         segment_tokens=cfg.segment_tokens,
         tokens_per_segment=[r.tokens for r in results],
         prefix_ids=list(lm.prefix_ids),
-        write=cfg.to_dict(),
+        write={**cfg.to_dict(), **({"writer": lm.writer.summary()} if lm.writer is not None else {})},
         steps=[r.steps for r in results],
         kept_step=[r.kept_step for r in results],
         final_loss=[round(r.loss, 6) for r in results],
@@ -89,7 +89,7 @@ def memorize(
     Yields each document as soon as all its segments are written, so callers can save files
     one by one during a long folder run. ``on_step(doc, segment_in_doc, stats)`` reports progress.
     """
-    cfg.validate()
+    cfg = cfg.resolve(lm)
     flat: list[list[int]] = []
     owner: list[_Pending] = []
     pendings = []

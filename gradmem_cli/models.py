@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from gradmem_cli.errors import GradmemError
+from gradmem_cli.writer import has_writer, load_writer
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -202,6 +203,7 @@ class LoadedModel:
     dtype: torch.dtype
     fingerprint: Fingerprint
     prefix_ids: list[int]  # special tokens the tokenizer puts before a text (e.g. BOS); may be empty
+    writer: Any = None  # a writer.LearnedWriter when the folder is a trained checkpoint (gradmem train)
 
     @property
     def hidden_size(self) -> int:
@@ -405,6 +407,10 @@ def load_model(
         raise GradmemError(f"cannot load model '{spec}': {where}") from exc
     model.to(torch_device).eval()
     model.requires_grad_(False)
+    writer = None
+    if isinstance(source, Path) and has_writer(source):
+        writer = load_writer(source, int(model.get_input_embeddings().weight.shape[1]),
+                             int(model.get_output_embeddings().weight.shape[0]), torch_device, torch_dtype)
     return LoadedModel(
         spec=record_id,
         model=model,
@@ -413,4 +419,5 @@ def load_model(
         dtype=torch_dtype,
         fingerprint=compute_fingerprint(model, tokenizer),
         prefix_ids=_prefix_ids(tokenizer),
+        writer=writer,
     )

@@ -27,7 +27,10 @@ def memory_prefix(lm: LoadedModel, memory: torch.Tensor | None) -> torch.Tensor 
     if lm.prefix_ids:
         parts.append(lm.embed(torch.tensor(lm.prefix_ids, dtype=torch.long)))
     if memory is not None:
-        parts.append(memory.reshape(-1, memory.shape[-1]).to(lm.device, lm.dtype))
+        memory = memory.reshape(-1, memory.shape[-1]).to(lm.device)
+        if lm.writer is not None:  # a trained checkpoint reads its memory through its projection
+            memory = lm.writer.read_input(memory)
+        parts.append(memory.to(lm.dtype))
     return torch.cat(parts).unsqueeze(0) if parts else None
 
 

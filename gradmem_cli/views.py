@@ -76,3 +76,14 @@ def show_eval(result: dict[str, Any]) -> None:
         if key in result:
             gap = result[key]
             console.print(f"{key}: {'n/a' if gap is None else f'{gap:.3f}'}")
+
+
+def show_steps_table(model: str, rows: list[dict[str, Any]]) -> None:
+    """``gradmem train-eval``: EM per number of write steps."""
+    table = Table(title=f"{model}: key-value EM by write steps", title_justify="left")
+    for name in ("write steps", "EM %", "token acc %", "loss", "samples"):
+        table.add_column(name, justify="right")
+    for r in rows:
+        table.add_row("full context" if r["steps"] is None else str(r["steps"]), f"{100 * r['em']:.1f}",
+                      f"{100 * r['token_acc']:.1f}", f"{r['loss']:.4f}", str(r["samples"]))
+    console.print(table)

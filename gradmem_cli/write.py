@@ -5,6 +5,10 @@ if it adds one) and the loss is the next-token cross-entropy of the text, the la
 predicting t_1, averaged over the segment's tokens. Only ``M`` is optimised; the model's weights
 are frozen. Segments of one or many documents are optimised together in batches; a segment
 leaves its batch as soon as it meets the stopping test, and a waiting one takes its place.
+
+A checkpoint trained by ``gradmem train`` carries a learned writer (``lm.writer``); by default
+its memories are written the way it was trained (``init = "learned"``): from its M0, exactly K
+plain SGD steps of rate alpha on its write head's loss (or K forward passes for an RMT writer).
 """
 
 from __future__ import annotations
@@ -12,39 +16,50 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 
 from gradmem_cli.errors import UsageError
+from gradmem_cli.distill import ProbeSet, build_probes, distill_stats
 from gradmem_cli.memfile import STORE_DTYPES
+from gradmem_cli.models import LoadedModel
+from gradmem_cli.writer import write_logits, write_memory
 
 OBJECTIVES = ("reconstruct", "distill", "mix")
-from gradmem_cli.distill import ProbeSet, build_probes, distill_stats
-from gradmem_cli.models import LoadedModel
 
 
 @dataclass
 class WriteConfig:
     """Settings of a WRITE; every field is recorded in the ``.gmem`` it produces and, unless marked
-    ``cli: False``, is a ``gradmem write`` / ``gradmem eval`` option of the same name."""
+    ``cli: False``, is a ``gradmem write`` / ``gradmem eval`` option of the same name.
 
-    mem_tokens: int = field(default=8, metadata={"help": "m: memory vectors per segment."})
-    segment_tokens: int = field(default=64, metadata={
-        "help": "Longest segment in tokens; longer texts are split into near-equal segments, each with m vectors."})
-    steps: int = field(default=400, metadata={
-        "help": "Most optimisation steps per segment (it stops earlier once the stopping test passes)."})
-    lr: float = field(default=0.05, metadata={"help": "Peak learning rate."})
-    optimizer: str = field(default="adam", metadata={
-        "help": "adam (betas 0.9/0.9, as in Cramming) or sgd (plain SGD, the paper's inner-loop rule)."})
+    Fields left at None take the model's default (:meth:`resolve`): the value in brackets in their
+    help for a plain LM, the trained writer's own for a ``gradmem train`` checkpoint.
+    """
+
+    mem_tokens: int | None = field(default=None, metadata={
+        "help": "m: memory vectors per segment [8; a trained writer's m]."})
+    segment_tokens: int | None = field(default=None, metadata={
+        "help": "Longest segment in tokens; longer texts are split into near-equal segments, each with m vectors "
+                "[64; a trained writer: what its positions hold]."})
+    steps: int | None = field(default=None, metadata={
+        "help": "Most optimisation steps per segment (it stops earlier once the stopping test passes) "
+                "[400; a trained writer runs exactly its K]."})
+    lr: float | None = field(default=None, metadata={"help": "Peak learning rate [0.05; a trained writer's alpha]."})
+    optimizer: str | None = field(default=None, metadata={
+        "help": "adam (betas 0.9/0.9, as in Cramming) or sgd (plain SGD, the paper's inner-loop rule) "
+                "[adam; a trained writer: sgd, or forward for an RMT writer]."})
     betas: tuple[float, float] = field(default=(0.9, 0.9), metadata={"help": "Adam's betas.", "cli": False})
-    schedule: str = field(default="cosine", metadata={
-        "help": "cosine: linear warm-up, then cosine decay to 0 at --steps; constant: --lr throughout."})
+    schedule: str | None = field(default=None, metadata={
+        "help": "cosine: linear warm-up, then cosine decay to 0 at --steps; constant: --lr throughout "
+                "[cosine; constant for a trained writer]."})
     warmup: float = field(default=0.1, metadata={"help": "Warm-up length as a fraction of --steps (cosine only)."})
-    init: str = field(default="tokens", metadata={
+    init: str | None = field(default=None, metadata={
         "help": "Initial memory: tokens = the embeddings of the segment's first m tokens (cycled if shorter); "
-                "random = Gaussian noise with the std of the embedding matrix (Cramming)."})
+                "random = Gaussian noise with the std of the embedding matrix (Cramming); learned = a trained "
+                "writer's M0 and its trained write rule, no stopping test [tokens; learned for a trained writer]."})
     target_acc: float = field(default=1.0, metadata={"help": "Stop once teacher-forced token accuracy reaches this."})
     margin: float = field(default=1.0, metadata={
         "help": "At --target-acc 1, also require every token's logit to beat the runner-up by this much, so that "
@@ -65,16 +80,17 @@ class WriteConfig:
     distill_weight: float = field(default=1.0, metadata={"help": "mix: weight of the distillation loss."})
 
     def validate(self) -> WriteConfig:
+        """Check the values that are set (None fields are checked once resolved)."""
         checks = [
-            (self.mem_tokens >= 1, "--mem-tokens must be at least 1"),
-            (self.segment_tokens >= 1, "--segment-tokens must be at least 1"),
-            (self.steps >= 0, "--steps must be 0 or more"),
-            (self.lr > 0 and math.isfinite(self.lr), "--lr must be a positive number"),
-            (self.optimizer in ("adam", "sgd"), "--optimizer must be adam or sgd"),
+            (self.mem_tokens is None or self.mem_tokens >= 1, "--mem-tokens must be at least 1"),
+            (self.segment_tokens is None or self.segment_tokens >= 1, "--segment-tokens must be at least 1"),
+            (self.steps is None or self.steps >= 0, "--steps must be 0 or more"),
+            (self.lr is None or (self.lr > 0 and math.isfinite(self.lr)), "--lr must be a positive number"),
+            (self.optimizer in (None, "adam", "sgd", "forward"), "--optimizer must be adam or sgd"),
             (all(0 <= b < 1 for b in self.betas), "Adam betas must be in [0, 1)"),
-            (self.schedule in ("cosine", "constant"), "--schedule must be cosine or constant"),
+            (self.schedule in (None, "cosine", "constant"), "--schedule must be cosine or constant"),
             (0 <= self.warmup < 1, "--warmup must be in [0, 1)"),
-            (self.init in ("tokens", "random"), "--init must be tokens or random"),
+            (self.init in (None, "tokens", "random", "learned"), "--init must be tokens, random or learned"),
             (0 < self.target_acc <= 1, "--target-acc must be in (0, 1]"),
             (self.margin >= 0 and math.isfinite(self.margin), "--margin must be 0 or more"),
             (self.batch_tokens >= 1, "--batch-tokens must be at least 1"),
@@ -91,6 +107,40 @@ class WriteConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def resolve(self, lm: LoadedModel) -> WriteConfig:
+        """A copy with every None field set to the model's default (see the class docstring)."""
+        writer = lm.writer
+        init = self.init or ("learned" if writer is not None else "tokens")
+        if init != "learned":
+            plain = {"mem_tokens": 8, "segment_tokens": 64, "steps": 400, "lr": 0.05, "optimizer": "adam",
+                     "schedule": "cosine"}
+            values = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in plain.items()}
+            if values["optimizer"] == "forward":
+                raise UsageError("--optimizer forward is the rule of an RMT writer (--init learned)")
+            return replace(self, init=init, **values).validate()
+        if writer is None:
+            raise UsageError("--init learned needs a checkpoint trained by gradmem train (it has no writer)")
+        rule = "forward" if writer.cfg.kind == "rmt" else "sgd"
+        m = writer.cfg.mem_tokens
+        room = int(getattr(lm.model.config, "max_position_embeddings", 2048)) - 2 * m - len(lm.prefix_ids) - 64
+        checks = [
+            (self.mem_tokens in (None, m), f"--mem-tokens: this writer was trained with {m} memory vectors"),
+            (self.optimizer in (None, rule), f"--optimizer: this writer's rule is {rule} "
+                                             "(use --init tokens or random for another optimiser)"),
+            (self.schedule in (None, "constant"), "--schedule: a trained writer uses a constant rate"),
+            (self.objective == "reconstruct", "--objective: a trained writer writes with the objective it was "
+                                              "trained on (use --init tokens or random for distill/mix)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+        return replace(
+            self, init=init, mem_tokens=m, optimizer=rule, schedule="constant",
+            segment_tokens=self.segment_tokens or max(1, room),
+            steps=writer.cfg.steps if self.steps is None else self.steps,
+            lr=writer.cfg.inner_lr if self.lr is None else self.lr,
+        ).validate()
 
     def lr_at(self, step: int) -> float:
         if self.schedule == "constant" or self.steps == 0:
@@ -158,6 +208,7 @@ class _Segment:
 
 def initial_memory(lm: LoadedModel, ids: list[int], cfg: WriteConfig, generator: torch.Generator) -> torch.Tensor:
     """The documented starting point M0 of a segment's memory (see ``WriteConfig.init``)."""
+    cfg = cfg.resolve(lm)
     weight = lm.model.get_input_embeddings().weight.detach()
     if cfg.init == "random":
         std = weight.float().std().item()
@@ -197,7 +248,10 @@ def memory_forward(lm: LoadedModel, memories: list[torch.Tensor], seqs: list[lis
     for i, s in enumerate(seqs):
         targets[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         mask[i, : len(s)] = True
-    mem = torch.stack(memories).to(device=device, dtype=lm.dtype)
+    mem = torch.stack(memories)
+    if lm.writer is not None:  # a trained checkpoint reads its memory through its projection
+        mem = lm.writer.read_input(mem.to(device))
+    mem = mem.to(device=device, dtype=lm.dtype)
     parts = [lm.embed(prefix).unsqueeze(0).expand(len(seqs), -1, -1)] if len(prefix) else []
     embeds = torch.cat(parts + [mem, lm.embed(targets)], dim=1)
     attention = torch.cat(
@@ -258,9 +312,12 @@ def write_segments(
     on_step: Callable[[StepStats], None] | None = None,
 ) -> Iterator[SegmentResult]:
     """Write each segment into its own memory; yields results as segments finish (any order)."""
-    cfg.validate()
+    cfg = cfg.resolve(lm)
     if any(len(s) == 0 for s in segments):
         raise ValueError("empty segment")
+    if cfg.init == "learned":
+        yield from _learned_segments(lm, segments, cfg, on_step)
+        return
     states = []
     for index, ids in enumerate(segments):
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index)
@@ -319,3 +376,44 @@ def write_segments(
             # Free the optimiser state of a finished segment.
             optimizer.state.pop(seg.param, None)
 
+
+def _learned_batches(segments: list[list[int]], budget: int, equal_lengths: bool) -> Iterator[list[int]]:
+    """Indices of segments to write together: up to ``budget`` tokens, of one length if asked."""
+    order = sorted(range(len(segments)), key=lambda i: len(segments[i]))
+    batch: list[int] = []
+    for i in order:
+        full = batch and sum(len(segments[j]) for j in batch) + len(segments[i]) > budget
+        if batch and (full or (equal_lengths and len(segments[batch[0]]) != len(segments[i]))):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def _learned_segments(
+    lm: LoadedModel, segments: list[list[int]], cfg: WriteConfig, on_step: Callable[[StepStats], None] | None,
+) -> Iterator[SegmentResult]:
+    """The trained write rule: M0, then exactly ``cfg.steps`` SGD steps (or RMT passes), no early stop.
+
+    The memory kept is the last one, M_K, which is what the checkpoint was trained to read; its
+    loss and accuracy are those of the write objective at M_K.
+    """
+    writer = lm.writer
+    prefix = lm.embed(torch.tensor(lm.prefix_ids, dtype=torch.long)) if lm.prefix_ids else None
+    for rows in _learned_batches(segments, cfg.batch_tokens, equal_lengths=writer.cfg.kind == "rmt"):
+        seqs = [segments[i] for i in rows]
+        ids = torch.zeros((len(seqs), max(len(x) for x in seqs)), dtype=torch.long, device=lm.device)
+        mask = torch.zeros_like(ids, dtype=torch.bool)
+        for r, x in enumerate(seqs):
+            ids[r, : len(x)] = torch.tensor(x, dtype=torch.long)
+            mask[r, : len(x)] = True
+        memory = write_memory(lm.model, writer, ids, mask, steps=cfg.steps, inner_lr=cfg.lr, prefix=prefix).memory
+        with torch.no_grad():
+            loss, acc, margin = token_stats(write_logits(lm.model, writer, memory, ids, mask, prefix), ids, mask)
+        for r, index in enumerate(rows):
+            l, a, m = loss[r].item(), acc[r].item(), margin[r].item()
+            if on_step:
+                on_step(StepStats(index, cfg.steps, l, a, True))
+            stored = memory[r].detach().to("cpu", STORE_DTYPES[cfg.store_dtype])
+            yield SegmentResult(index, len(seqs[r]), stored, cfg.steps, cfg.steps, l, a, m, a >= 1.0)
