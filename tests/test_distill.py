@@ -2,7 +2,6 @@
 
 import json
 
-from conftest import FAST
 from gradmem_cli import memfile
 from gradmem_cli.distill import build_probes, probe_questions, sentences
 from gradmem_cli.models import load_model
