@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,23 +95,28 @@ class Result:
     err: str
 
 
-@pytest.fixture
-def run(monkeypatch, capsys):
+def invoke(*args: str, stdin: str | bytes | None = None) -> Result:
     """Run ``gradmem ARGS`` in this process; returns exit code, stdout and stderr."""
     from gradmem_cli.cli import main
 
-    def _run(*args: str, stdin: str | bytes | None = None) -> Result:
-        monkeypatch.setattr(sys, "argv", ["gradmem", *map(str, args)])
-        if stdin is not None:
-            data = stdin.encode() if isinstance(stdin, str) else stdin
-            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
-        capsys.readouterr()
-        code = 0
-        try:
+    saved = sys.argv, sys.stdin
+    sys.argv = ["gradmem", *map(str, args)]
+    if stdin is not None:
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+        sys.stdin = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
             main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv, sys.stdin = saved
+    return Result(code, out.getvalue(), err.getvalue())
 
-    return _run
+
+@pytest.fixture
+def run():
+    """The CLI runner (a fixture so tests ask for it like the other fixtures)."""
+    return invoke

@@ -7,8 +7,7 @@ import random
 
 import pytest
 import torch
-
-from dataclasses import dataclass
+from conftest import invoke
 
 from gradmem_cli import memfile
 from gradmem_cli.chartok import build_char_tokenizer
@@ -17,56 +16,23 @@ from gradmem_cli.tasks import kv
 from gradmem_cli.write import WriteConfig, write_segments
 from gradmem_cli.writer import write_memory
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
 TINY = ["--set", "layers=1", "--set", "hidden=16", "--set", "heads=2", "--set", "ffn=32", "--set", "pairs=2",
         "--set", "batch_size=4", "--set", "eval_samples=8", "--set", "max_steps=4", "--set", "eval_every=2",
         "--set", "warmup_steps=0", "--set", "threads=1", "--set", "log_every=2"]
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, run_module):
+def checkpoints(tmp_path_factory):
     """Tiny trained checkpoints of each writer kind (one gradmem with a memory projection)."""
     root = tmp_path_factory.mktemp("trained")
     out = {}
     for name, extra in {"gradmem": ["--set", "mem_proj=true"], "rmt": ["--set", "writer=rmt", "--set", "inner_steps=1"],
                         "full": ["--set", "writer=full"]}.items():
-        result = run_module("train", *TINY, "--set", f"out={root / name}", *extra, "--json")
+        result = invoke("train", *TINY, "--set", f"out={root / name}", *extra, "--json")
         assert result.code == 0, result.err
         assert json.loads(result.out)["step"] == 4
         out[name] = root / name / "best"
     return out
-
-
-@pytest.fixture(scope="module")
-def run_module():
-    """The CLI runner of conftest, usable from a module-scoped fixture."""
-    import io
-    import sys
-    from contextlib import redirect_stderr, redirect_stdout
-
-    from gradmem_cli.cli import main
-
-    def _run(*args: str) -> Result:
-        old = sys.argv
-        sys.argv = ["gradmem", *map(str, args)]
-        out, err = io.StringIO(), io.StringIO()
-        code = 0
-        try:
-            with redirect_stdout(out), redirect_stderr(err):
-                main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 0
-        finally:
-            sys.argv = old
-        return Result(code, out.getvalue(), err.getvalue())
-
-    return _run
 
 
 def test_checkpoint_layout(checkpoints):
