@@ -190,11 +190,15 @@ def evaluate(
 
 
 def gap_closed(metrics: dict[str, dict[str, float]], main: str, condition: str = "memory") -> float | None:
-    """(memory - no_context) / (full_context - no_context); None when undefined."""
+    """(memory - no_context) / (full_context - no_context); None when there is no gap to close.
+
+    A model that does no better with the context than without it (full_context <= no_context) leaves
+    no gap: a ratio of two negative differences would read as success, so it is None too.
+    """
     try:
         mem, low, high = (metrics[c][main] for c in (condition, "no_context", "full_context"))
     except KeyError:
         return None
-    if high - low == 0:
+    if high - low <= 0:
         return None
     return (mem - low) / (high - low)

@@ -15,6 +15,8 @@ def test_gap_closed():
     assert gap_closed(m, "f1") == pytest.approx(0.5)
     m["full_context"]["f1"] = 0.2
     assert gap_closed(m, "f1") is None
+    m["full_context"]["f1"] = 0.1  # context hurts: no gap, whatever memory scores
+    assert gap_closed(m, "f1") is None
     assert gap_closed({"memory": {"f1": 1.0}}, "f1") is None
 
 
