@@ -84,6 +84,7 @@ def main() -> None:
     for mode, out in (("cli-one-by-one", args.out / "one"), ("cli-batched", args.out / "batched")):
         exact[mode] = sum(lm.decode(rebuild(lm, memfile.load(out / f"doc{i:02d}.gmem"))) == text
                           for i, text in enumerate(docs))
+        log(f"{mode}: {exact[mode]}/{len(docs)} rebuilt exactly")
     for mode, batched in (("engine-one-by-one", False), ("engine-batched", True)):
         results[mode], exact[mode] = engine_run(lm, docs, batched)
         log(f"{mode}: {results[mode]:.1f} s, {exact[mode]}/{len(docs)} rebuilt exactly")
