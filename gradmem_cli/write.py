@@ -73,7 +73,8 @@ class WriteConfig:
     objective: str = field(default="reconstruct", metadata={
         "help": "What the memory is optimised for: reconstruct = next-token loss of the text (stops at "
                 "--target-acc/--margin); distill = the model with [memory; probe] answers like the model with "
-                "[text; probe] (runs --steps); mix = both (stops when both pass)."})
+                "[text; probe] (stops once greedy decoding agrees with the teacher's answers at --target-acc); "
+                "mix = both (stops when both pass)."})
     probes: int = field(default=8, metadata={
         "help": "distill/mix: probes per segment (model-written questions, summary and cloze prompts)."})
     probe_tokens: int = field(default=32, metadata={"help": "distill/mix: most tokens of each teacher answer."})
@@ -348,9 +349,8 @@ def write_segments(
         keep, finished = [], []
         for row, seg in enumerate(active):
             l, a, m = loss[row].item(), acc[row].item(), margin[row].item()
-            # distill alone has no test of being done: it runs --steps.
-            solved = (cfg.objective != "distill" and a >= cfg.target_acc - 1e-9
-                      and (cfg.target_acc < 1 or m >= cfg.margin))
+            # For distill, acc is greedy agreement with the teacher's answers and the margin is inf.
+            solved = a >= cfg.target_acc - 1e-9 and (cfg.target_acc < 1 or m >= cfg.margin)
             seg.record(l, a, m, solved)
             done = solved or seg.step >= cfg.steps
             if on_step:

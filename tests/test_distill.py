@@ -35,8 +35,16 @@ def test_distill_lowers_kl(tiny_chat_model):
     losses = []
     cfg = WriteConfig(objective="distill", steps=40, lr=0.3, probes=4, probe_tokens=6)
     (res,) = write_segments(lm, [lm.tokenize(TEXT)], cfg, lambda s: losses.append(s.loss))
-    assert res.steps == 40 and not res.solved  # distill runs all its steps
+    assert res.steps == 40 and not res.solved and res.accuracy < 1.0  # no full agreement yet: runs all steps
     assert min(losses) < 0.7 * losses[0]
+
+
+def test_distill_stops_on_teacher_agreement(tiny_chat_model):
+    """distill stops once greedy decoding agrees with the teacher's answers at --target-acc."""
+    lm = load_model(tiny_chat_model, device="cpu")
+    cfg = WriteConfig(objective="distill", steps=150, lr=0.3, probes=4, probe_tokens=6, target_acc=0.75)
+    (res,) = write_segments(lm, [lm.tokenize(TEXT)], cfg)
+    assert res.solved and res.accuracy >= 0.75 and 0 < res.steps < 150 and res.kept_step == res.steps
 
 
 def test_mix_objective_cli(run, tiny_chat_model, tmp_path):
