@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,3 +42,22 @@ class Timer:
 
 def log(*parts: object) -> None:
     print(*parts, file=sys.stderr, flush=True)
+
+
+def gradmem() -> list[str]:
+    """The gradmem command of this interpreter's environment."""
+    exe = Path(sys.executable).with_name("gradmem")
+    return [str(exe)] if exe.exists() else [shutil.which("gradmem") or "gradmem"]
+
+
+def eval_once(path: Path, args: list[str]) -> dict:
+    """``gradmem eval ARGS`` saved at ``path`` (and its samples beside it); reused if already there,
+    so an interrupted benchmark resumes where it stopped."""
+    if not path.exists():
+        command = gradmem() + ["eval", *args, "--quiet", "--output", str(path),
+                               "--log-samples", str(path.with_suffix(".samples.jsonl"))]
+        log("$", " ".join(command))
+        with Timer() as timer:
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        log(f"  {timer.seconds:.0f} s")
+    return json.loads(path.read_text())

@@ -10,12 +10,12 @@ stopped. Prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import eval_once  # noqa: E402
 
 ROWS = [
     ("kv, 4 pairs", ["kv", "--pairs", "4"]),
@@ -23,11 +23,6 @@ ROWS = [
     *[(f"babi {t}", ["babi", "--task", t]) for t in ("qa1", "qa2", "qa3", "qa4", "qa5")],
     ("recon (samples/paragraphs)", ["recon"]),
 ]
-
-
-def gradmem() -> list[str]:
-    exe = Path(sys.executable).with_name("gradmem")
-    return [str(exe)] if exe.exists() else [shutil.which("gradmem") or "gradmem"]
 
 
 def main() -> None:
@@ -40,15 +35,8 @@ def main() -> None:
     results = []
     for name, row in ROWS:
         path = args.out / (name.split(" (")[0].replace(", ", "-").replace(" ", "-") + ".json")
-        if not path.exists():
-            limit = [] if row[0] == "recon" else ["--limit", str(args.limit)]
-            command = gradmem() + ["eval", *row, *limit, "--quiet", "--output", str(path),
-                                   "--log-samples", str(path.with_suffix(".samples.jsonl")), *args.extra]
-            print("$", " ".join(command), file=sys.stderr, flush=True)
-            start = time.perf_counter()
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-            print(f"  {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-        results.append((name, json.loads(path.read_text())))
+        limit = [] if row[0] == "recon" else ["--limit", str(args.limit)]
+        results.append((name, eval_once(path, [*row, *limit, *args.extra])))
     print("| task | n | metric | no-context | memory | full-context | gap closed | write steps | s per example |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, res in results:

@@ -1,0 +1,62 @@
+"""The README's objectives table: reconstruct-only against distill memories, side by side.
+
+For each task, one ``gradmem eval`` with the reconstruction objective (conditions memory, via-text,
+no-context, full-context) and one with ``--objective distill`` on the same examples (same seed),
+run back to back under the same thread settings. Prints generated-answer F1, the share of the
+no-context -> full-context gap each memory closes, and the write wall time per example with the
+distill / reconstruct ratio (the issue's budget: at most 3x). Results are kept under OUT, so an
+interrupted run resumes where it stopped.
+
+    .venv/bin/python benchmarks/objectives.py [--tasks babi-qa1,squad] [--limit N] [--out DIR]
+        [--distill "--steps 40 --probes 6 --probe-tokens 24"] [-- extra gradmem eval options]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import eval_once  # noqa: E402
+
+TASKS = {"babi-qa1": ["babi", "--task", "qa1"], "squad": ["squad"]}
+
+
+def gap(res: dict, condition: str) -> str:
+    value = res["gap_closed"] if condition == "memory" else res.get("gap_closed_via_text")
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="babi-qa1", help=f"comma-separated, from {', '.join(TASKS)}")
+    parser.add_argument("--limit", type=int, default=12)
+    parser.add_argument("--distill", default="--steps 40 --probes 6 --probe-tokens 24",
+                        help="write options of the distill run")
+    parser.add_argument("--out", type=Path, default=Path("out/objectives"))
+    parser.add_argument("extra", nargs="*", help="options passed to every gradmem eval")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    print("| task | n | no-context | full-context | memory, reconstruct | via text | memory, distill | "
+          "gap closed: reconstruct / via text / distill | write s per example: reconstruct / distill (ratio) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for task in args.tasks.split(","):
+        common = [*TASKS[task], "--limit", str(args.limit), *args.extra]
+        recon = eval_once(args.out / f"{task}-reconstruct.json",
+                          [*common, "--conditions", "memory,via-text,no-context,full-context"])
+        distill = eval_once(args.out / f"{task}-distill.json",
+                            [*common, "--conditions", "memory,no-context,full-context", "--objective", "distill",
+                             *shlex.split(args.distill)])
+        r, d = recon["metrics"], distill["metrics"]
+        seconds = r["memory"]["wall_seconds_per_example"], d["memory"]["wall_seconds_per_example"]
+        print(f"| {task} | {recon['n']} | {r['no_context']['f1']:.3f} | {r['full_context']['f1']:.3f} | "
+              f"{r['memory']['f1']:.3f} | {r['via_text']['f1']:.3f} | {d['memory']['f1']:.3f} | "
+              f"{gap(recon, 'memory')} / {gap(recon, 'via-text')} / {gap(distill, 'memory')} | "
+              f"{seconds[0]:.0f} / {seconds[1]:.0f} ({seconds[1] / seconds[0]:.1f}x) |")
+
+
+if __name__ == "__main__":
+    main()
