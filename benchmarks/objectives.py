@@ -14,6 +14,7 @@ interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="options passed to every gradmem eval")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    print(f"distill write options: {args.distill}")
     print("| task | n | no-context | full-context | memory, reconstruct | via text | memory, distill | "
           "gap closed: reconstruct / via text / distill | write s per example: reconstruct / distill (ratio) |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -47,7 +49,8 @@ def main() -> None:
         common = [*TASKS[task], "--limit", str(args.limit), *args.extra]
         recon = eval_once(args.out / f"{task}-reconstruct.json",
                           [*common, "--conditions", "memory,via-text,no-context,full-context"])
-        distill = eval_once(args.out / f"{task}-distill.json",
+        settings = re.sub(r"[^A-Za-z0-9]+", "-", args.distill).strip("-")
+        distill = eval_once(args.out / f"{task}-distill-{settings}.json",
                             [*common, "--conditions", "memory,no-context,full-context", "--objective", "distill",
                              *shlex.split(args.distill)])
         r, d = recon["metrics"], distill["metrics"]
