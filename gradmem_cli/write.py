@@ -242,24 +242,66 @@ def memory_forward(lm: LoadedModel, memories: list[torch.Tensor], seqs: list[lis
     """
     device = lm.device
     longest = max(len(s) for s in seqs)
-    prefix = torch.tensor(lm.prefix_ids, dtype=torch.long, device=device)
     pad_id = lm.prefix_ids[0] if lm.prefix_ids else 0
     targets = torch.full((len(seqs), longest), pad_id, dtype=torch.long, device=device)
     mask = torch.zeros((len(seqs), longest), dtype=torch.bool, device=device)
     for i, s in enumerate(seqs):
         targets[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         mask[i, : len(s)] = True
-    mem = torch.stack(memories)
-    if lm.writer is not None:  # a trained checkpoint reads its memory through its projection
-        mem = lm.writer.read_input(mem.to(device))
-    mem = mem.to(device=device, dtype=lm.dtype)
-    parts = [lm.embed(prefix).unsqueeze(0).expand(len(seqs), -1, -1)] if len(prefix) else []
-    embeds = torch.cat(parts + [mem, lm.embed(targets)], dim=1)
+    embeds = torch.cat([_memory_prefix(lm, memories), lm.embed(targets)], dim=1)
     attention = torch.cat(
         [torch.ones((len(seqs), embeds.shape[1] - longest), dtype=torch.long, device=device), mask.long()], dim=1
     )
     out = lm.model(inputs_embeds=embeds, attention_mask=attention, logits_to_keep=longest + 1, use_cache=False)
     return out.logits[:, :-1], targets, mask
+
+
+def _memory_prefix(lm: LoadedModel, memories: list[torch.Tensor]) -> torch.Tensor:
+    """Input embeddings ``[prefix; M_i]`` for each memory (a trained writer's projection applied)."""
+    mem = torch.stack(memories)
+    if lm.writer is not None:  # a trained checkpoint reads its memory through its projection
+        mem = lm.writer.read_input(mem.to(lm.device))
+    mem = mem.to(device=lm.device, dtype=lm.dtype)
+    if not lm.prefix_ids:
+        return mem
+    prefix = lm.embed(torch.tensor(lm.prefix_ids, dtype=torch.long, device=lm.device))
+    return torch.cat([prefix.unsqueeze(0).expand(len(memories), -1, -1), mem], dim=1)
+
+
+def shared_prompt_forward(lm: LoadedModel, memories: list[torch.Tensor], owner: list[int], seqs: list[list[int]],
+                          starts: list[int]) -> tuple[torch.Tensor, list[int]]:
+    """Logits for the tokens from ``starts[i]`` on of each row ``[prefix; M_owner[i]; seqs[i]]``, running
+    the rows' common leading tokens (the chat template's system turn, before the question) once per
+    memory instead of once per row.
+
+    Pass 1 runs ``[prefix; M_b; shared]`` for each memory b and keeps its KV cache (with its graph);
+    the cache is gathered to the rows and pass 2 runs each row's rest on top of it. Returns the
+    logits of pass 2 and, per row, the index in them that predicts token ``starts[i]``; the values
+    are those of :func:`memory_forward` on the full rows.
+    """
+    from transformers import DynamicCache
+
+    shared = 0
+    while (shared < min(starts) - 1 and all(len(s) > shared for s in seqs)
+           and len({s[shared] for s in seqs}) == 1):
+        shared += 1
+    head = _memory_prefix(lm, memories)
+    if shared:
+        common = lm.embed(torch.tensor(seqs[0][:shared], dtype=torch.long, device=lm.device))
+        head = torch.cat([head, common.unsqueeze(0).expand(len(memories), -1, -1)], dim=1)
+    cache = DynamicCache(config=lm.model.config)
+    lm.model(inputs_embeds=head, cache=cache, use_cache=True, logits_to_keep=1)
+    cache.reorder_cache(torch.tensor(owner, dtype=torch.long, device=lm.device))
+    rest = [s[shared:] for s in seqs]
+    longest = max(len(r) for r in rest)
+    ids = torch.zeros((len(rest), longest), dtype=torch.long, device=lm.device)
+    attention = torch.zeros((len(rest), head.shape[1] + longest), dtype=torch.long, device=lm.device)
+    attention[:, : head.shape[1]] = 1
+    for i, r in enumerate(rest):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        attention[i, head.shape[1]: head.shape[1] + len(r)] = 1
+    logits = lm.model(inputs_embeds=lm.embed(ids), attention_mask=attention, cache=cache, use_cache=True).logits
+    return logits, [start - shared - 1 for start in starts]
 
 
 def _batches(pending: deque, active: list[_Segment], budget: int, cost: Callable[[_Segment], int]) -> None:
@@ -293,8 +335,8 @@ def _objective_stats(lm: LoadedModel, cfg: WriteConfig, active: list[_Segment], 
         agree = torch.ones(len(active), device=lm.device)
         if rows:
             seqs = [p.prompts[k] + p.answers[k] for p, k in rows]
-            logits, _, _ = memory_forward(lm, [memories[b] for b in owner], seqs)
-            row_kl, row_agree = distill_stats(logits, rows, [len(p.prompts[k]) for p, k in rows])
+            logits, starts = shared_prompt_forward(lm, memories, owner, seqs, [len(p.prompts[k]) for p, k in rows])
+            row_kl, row_agree = distill_stats(logits, rows, starts)
             index = torch.tensor(owner, device=lm.device)
             counts = torch.zeros(len(active), device=lm.device).index_add(0, index, torch.ones_like(row_kl))
             kl = torch.zeros(len(active), device=lm.device).index_add(0, index, row_kl) / counts.clamp(min=1)

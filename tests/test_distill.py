@@ -5,7 +5,7 @@ import json
 from gradmem_cli import memfile
 from gradmem_cli.distill import build_probes, probe_questions, sentences
 from gradmem_cli.models import load_model
-from gradmem_cli.write import WriteConfig, write_segments
+from gradmem_cli.write import WriteConfig, memory_forward, shared_prompt_forward, write_segments
 
 TEXT = "Mary went to the kitchen. John picked up the apple. The apple is in the garden."
 
@@ -28,6 +28,31 @@ def torch_tensor(x):
     import torch
 
     return torch.tensor(x)
+
+
+def test_shared_prompt_forward_matches_full_rows(tiny_chat_model):
+    """Running the probes' common chat-template tokens once per memory gives the full rows' logits
+    and gradients."""
+    import torch
+
+    lm = load_model(tiny_chat_model, device="cpu")
+    probes = build_probes(lm, TEXT, limit=3, answer_tokens=5)
+    d = lm.model.get_input_embeddings().weight.shape[1]
+    mems = [torch.randn(2, d, generator=torch.Generator().manual_seed(i), requires_grad=True) for i in range(2)]
+    owner = [b for b in range(2) for _ in probes.answers]
+    seqs = [p + a for _ in range(2) for p, a in zip(probes.prompts, probes.answers)]
+    starts = [len(p) for _ in range(2) for p in probes.prompts]
+    full, _, _ = memory_forward(lm, [mems[b] for b in owner], seqs)
+    shared, index = shared_prompt_forward(lm, mems, owner, seqs, starts)
+    assert all(i < s - 1 for i, s in zip(index, starts))  # some prompt tokens were shared
+    picks = [(full[i, s:len(q)], shared[i, j:j + len(q) - s]) for i, (q, s, j) in enumerate(zip(seqs, starts, index))]
+    for a, b in picks:
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    weights = [torch.randn(a.shape, generator=torch.Generator().manual_seed(9)) for a, _ in picks]
+    grads = [torch.autograd.grad(sum((w * x).sum() for w, x in zip(weights, side)), mems)
+             for side in zip(*picks)]
+    for g_full, g_shared in zip(*grads):
+        torch.testing.assert_close(g_full, g_shared, atol=1e-4, rtol=1e-3)
 
 
 def test_distill_lowers_kl(tiny_chat_model):
