@@ -390,13 +390,13 @@ def write_segments(
             loss, acc, margin = _objective_stats(lm, cfg, active, probes)
         keep, finished = [], []
         for row, seg in enumerate(active):
-            l, a, m = loss[row].item(), acc[row].item(), margin[row].item()
+            lo, a, m = loss[row].item(), acc[row].item(), margin[row].item()
             # For distill, acc is greedy agreement with the teacher's answers and the margin is inf.
             solved = a >= cfg.target_acc - 1e-9 and (cfg.target_acc < 1 or m >= cfg.margin)
-            seg.record(l, a, m, solved)
+            seg.record(lo, a, m, solved)
             done = solved or seg.step >= cfg.steps
             if on_step:
-                on_step(StepStats(seg.index, seg.step, l, a, done))
+                on_step(StepStats(seg.index, seg.step, lo, a, done))
             (finished if done else keep).append((row, seg))
         if keep:
             optimizer.zero_grad(set_to_none=True)
@@ -454,8 +454,8 @@ def _learned_segments(
         with torch.no_grad():
             loss, acc, margin = token_stats(write_logits(lm.model, writer, memory, ids, mask, prefix), ids, mask)
         for r, index in enumerate(rows):
-            l, a, m = loss[r].item(), acc[r].item(), margin[r].item()
+            lo, a, m = loss[r].item(), acc[r].item(), margin[r].item()
             if on_step:
-                on_step(StepStats(index, cfg.steps, l, a, True))
+                on_step(StepStats(index, cfg.steps, lo, a, True))
             stored = memory[r].detach().to("cpu", STORE_DTYPES[cfg.store_dtype])
-            yield SegmentResult(index, len(seqs[r]), stored, cfg.steps, cfg.steps, l, a, m, a >= 1.0)
+            yield SegmentResult(index, len(seqs[r]), stored, cfg.steps, cfg.steps, lo, a, m, a >= 1.0)
