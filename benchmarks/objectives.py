@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import eval_once  # noqa: E402
 
-TASKS = {"babi-qa1": ["babi", "--task", "qa1"], "squad": ["squad"]}
+TASKS = {**{f"babi-qa{i}": ["babi", "--task", f"qa{i}"] for i in range(1, 6)}, "squad": ["squad"]}
 
 
 def gap(res: dict, condition: str) -> str:
