@@ -5,7 +5,7 @@ with gradmem's defaults (one segment, --steps 500); the largest length that reac
 bar, divided by m, is the tokens-per-vector capacity. Cramming's anchor: about 80 tokens per vector
 for Pythia-160M after 5 000 steps.
 
-    .venv/bin/python benchmarks/capacity.py [--m 1 4 8] [--steps 500]
+    .venv/bin/python benchmarks/capacity.py [--m 1 4 8] [--steps 500] [--lengths 128 ...]
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--bar", type=float, default=0.99)
     parser.add_argument("--model", default=None)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--lengths", type=int, nargs="*", help="text lengths to try instead of the ladder "
+                        "(to run one rung; the table's best is then among these)")
     args = parser.parse_args()
     lm = load_model(args.model, device="cpu", dtype=args.dtype, quiet=True)
     corpus = lm.tokenize(" ".join(text for _, text in texts()))
@@ -40,7 +42,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for m in args.m:
         best, steps_used, next_acc = 0, None, None
-        for length in LADDER.get(m, [16 * m * k for k in (1, 2, 3, 4)]):
+        for length in args.lengths or LADDER.get(m, [16 * m * k for k in (1, 2, 3, 4)]):
             cfg = dataclasses.replace(WriteConfig(), mem_tokens=m, segment_tokens=length, steps=args.steps,
                                       target_acc=args.bar, margin=0.0)
             with Timer() as t:
