@@ -40,6 +40,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("out/objectives"))
     parser.add_argument("extra", nargs="*", help="options passed to every gradmem eval")
     args = parser.parse_args()
+    unknown = set(args.tasks.split(",")) - set(TASKS)
+    if unknown:
+        parser.error(f"unknown task {', '.join(sorted(unknown))}; choose from {', '.join(TASKS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"distill write options: {args.distill}")
     print("| task | n | no-context | full-context | memory, reconstruct | via text | memory, distill | "

@@ -14,6 +14,7 @@ plain SGD steps of rate alpha on its write head's loss (or K forward passes for 
 from __future__ import annotations
 
 import math
+import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -240,20 +241,27 @@ def memory_forward(lm: LoadedModel, memories: list[torch.Tensor], seqs: list[lis
     Returns (logits [B, L, V], targets [B, L], mask [B, L]); position j of row i holds the
     prediction of token j from everything before it, the last memory slot predicting token 0.
     """
-    device = lm.device
-    longest = max(len(s) for s in seqs)
-    pad_id = lm.prefix_ids[0] if lm.prefix_ids else 0
-    targets = torch.full((len(seqs), longest), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(seqs), longest), dtype=torch.bool, device=device)
-    for i, s in enumerate(seqs):
-        targets[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = True
+    targets, mask = _right_padded(lm, seqs)
     embeds = torch.cat([_memory_prefix(lm, memories), lm.embed(targets)], dim=1)
     attention = torch.cat(
-        [torch.ones((len(seqs), embeds.shape[1] - longest), dtype=torch.long, device=device), mask.long()], dim=1
+        [torch.ones((len(seqs), embeds.shape[1] - targets.shape[1]), dtype=torch.long, device=lm.device),
+         mask.long()], dim=1
     )
-    out = lm.model(inputs_embeds=embeds, attention_mask=attention, logits_to_keep=longest + 1, use_cache=False)
+    out = lm.model(inputs_embeds=embeds, attention_mask=attention, logits_to_keep=targets.shape[1] + 1,
+                   use_cache=False)
     return out.logits[:, :-1], targets, mask
+
+
+def _right_padded(lm: LoadedModel, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids [B, L] right-padded to the longest row, and the mask of real tokens."""
+    longest = max(len(s) for s in seqs)
+    pad_id = lm.prefix_ids[0] if lm.prefix_ids else 0
+    ids = torch.full((len(seqs), longest), pad_id, dtype=torch.long, device=lm.device)
+    mask = torch.zeros((len(seqs), longest), dtype=torch.bool, device=lm.device)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = True
+    return ids, mask
 
 
 def _memory_prefix(lm: LoadedModel, memories: list[torch.Tensor]) -> torch.Tensor:
@@ -281,10 +289,7 @@ def shared_prompt_forward(lm: LoadedModel, memories: list[torch.Tensor], owner: 
     """
     from transformers import DynamicCache
 
-    shared = 0
-    while (shared < min(starts) - 1 and all(len(s) > shared for s in seqs)
-           and len({s[shared] for s in seqs}) == 1):
-        shared += 1
+    shared = min(len(os.path.commonprefix(seqs)), min(starts) - 1)
     head = _memory_prefix(lm, memories)
     if shared:
         common = lm.embed(torch.tensor(seqs[0][:shared], dtype=torch.long, device=lm.device))
@@ -292,14 +297,9 @@ def shared_prompt_forward(lm: LoadedModel, memories: list[torch.Tensor], owner: 
     cache = DynamicCache(config=lm.model.config)
     lm.model(inputs_embeds=head, cache=cache, use_cache=True, logits_to_keep=1)
     cache.reorder_cache(torch.tensor(owner, dtype=torch.long, device=lm.device))
-    rest = [s[shared:] for s in seqs]
-    longest = max(len(r) for r in rest)
-    ids = torch.zeros((len(rest), longest), dtype=torch.long, device=lm.device)
-    attention = torch.zeros((len(rest), head.shape[1] + longest), dtype=torch.long, device=lm.device)
-    attention[:, : head.shape[1]] = 1
-    for i, r in enumerate(rest):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        attention[i, head.shape[1]: head.shape[1] + len(r)] = 1
+    ids, mask = _right_padded(lm, [s[shared:] for s in seqs])
+    attention = torch.cat([torch.ones((len(seqs), head.shape[1]), dtype=torch.long, device=lm.device),
+                           mask.long()], dim=1)
     logits = lm.model(inputs_embeds=lm.embed(ids), attention_mask=attention, cache=cache, use_cache=True).logits
     return logits, [start - shared - 1 for start in starts]
 
