@@ -135,7 +135,10 @@ def evaluate(
             per_condition[c] = [{} for _ in examples]
         started, done = time.perf_counter(), 0
         for doc, memfile, report in engine.memorize(lm, docs, cfg):
-            write = {"write_steps": float(sum(report.steps)), "write_seconds": report.seconds}
+            # write_accuracy: teacher-forced token accuracy (reconstruct) or greedy agreement with the
+            # teacher's probe answers (distill) of the kept memory, averaged over the document's segments.
+            write = {"write_steps": float(sum(report.steps)), "write_seconds": report.seconds,
+                     "write_accuracy": mean(report.accuracy)}
             reader = engine.open_reader(lm, memfile) if "memory" in written else None
             rebuilt = None
             for i in askers[contexts[int(doc.name)]]:

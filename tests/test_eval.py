@@ -106,7 +106,7 @@ def test_tiny_eval_end_to_end(run, tiny_chat_model, tmp_path):
     assert set(res["metrics"]) == {"memory", "no_context", "full_context"}
     mem = res["metrics"]["memory"]
     assert {"em", "f1", "em_tf", "write_steps", "write_seconds", "seconds"} <= set(mem)
-    assert mem["write_steps"] > 0
+    assert mem["write_steps"] > 0 and 0 <= mem["write_accuracy"] <= 1
     cfg = res["config"]
     assert cfg["write"]["lr"] == 0.3 and cfg["seed"] == 0 and cfg["model_fingerprint"]["config"]
     assert json.loads(output.read_text()) == res
