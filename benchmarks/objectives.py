@@ -4,7 +4,8 @@ For each task, one ``gradmem eval`` with the reconstruction objective (condition
 no-context, full-context) and one with ``--objective distill`` on the same examples (same seed),
 run back to back under the same thread settings. Prints generated-answer F1, the share of the
 no-context -> full-context gap each memory closes, and the write wall time per example with the
-distill / reconstruct ratio (the issue's budget: at most 3x). Results are kept under OUT, so an
+distill / reconstruct ratio (the issue's budget: at most 3x), and how far the distill writes got:
+greedy agreement of the kept memories with the teacher's probe answers. Results are kept under OUT, so an
 interrupted run resumes where it stopped.
 
     .venv/bin/python benchmarks/objectives.py [--tasks babi-qa1,squad] [--limit N] [--out DIR]
@@ -46,8 +47,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"distill write options: {args.distill}")
     print("| task | n | no-context | full-context | memory, reconstruct | via text | memory, distill | "
-          "gap closed: reconstruct / via text / distill | write s per example: reconstruct / distill (ratio) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "gap closed: reconstruct / via text / distill | write s per example: reconstruct / distill (ratio) | "
+          "distill: greedy agreement with the teacher |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for task in args.tasks.split(","):
         common = [*TASKS[task], "--limit", str(args.limit), *args.extra]
         recon = eval_once(args.out / f"{task}-reconstruct.json",
@@ -58,10 +60,11 @@ def main() -> None:
                              *shlex.split(args.distill)])
         r, d = recon["metrics"], distill["metrics"]
         seconds = r["memory"]["wall_seconds_per_example"], d["memory"]["wall_seconds_per_example"]
+        agreement = f"{d['memory']['write_accuracy']:.2f}" if "write_accuracy" in d["memory"] else "n/a"
         print(f"| {task} | {recon['n']} | {r['no_context']['f1']:.3f} | {r['full_context']['f1']:.3f} | "
               f"{r['memory']['f1']:.3f} | {r['via_text']['f1']:.3f} | {d['memory']['f1']:.3f} | "
               f"{gap(recon, 'memory')} / {gap(recon, 'via-text')} / {gap(distill, 'memory')} | "
-              f"{seconds[0]:.0f} / {seconds[1]:.0f} ({seconds[1] / seconds[0]:.1f}x) |")
+              f"{seconds[0]:.0f} / {seconds[1]:.0f} ({seconds[1] / seconds[0]:.1f}x) | {agreement} |")
 
 
 if __name__ == "__main__":
