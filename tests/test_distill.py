@@ -72,6 +72,15 @@ def test_distill_stops_on_teacher_agreement(tiny_chat_model):
     assert res.solved and res.accuracy >= 0.75 and 0 < res.steps < 150 and res.kept_step == res.steps
 
 
+def test_distill_defaults(tiny_chat_model):
+    """A plain model's distill write runs the measured budget (40 steps) unless --steps says otherwise;
+    reconstruct and mix keep 400, since their stopping test usually ends them first."""
+    lm = load_model(tiny_chat_model, device="cpu")
+    assert WriteConfig(objective="distill").resolve(lm).steps == 40
+    assert WriteConfig(objective="distill", steps=7).resolve(lm).steps == 7
+    assert WriteConfig(objective="mix").resolve(lm).steps == WriteConfig().resolve(lm).steps == 400
+
+
 def test_mix_objective_cli(run, tiny_chat_model, tmp_path):
     doc = tmp_path / "story.txt"
     doc.write_text(TEXT)
