@@ -6,7 +6,7 @@ import pytest
 
 from conftest import FAST
 from gradmem_cli.errors import GradmemError
-from gradmem_cli.evaluate import gap_closed
+from gradmem_cli.evaluate import f1_to_full_context, gap_closed
 from gradmem_cli.tasks import babi, data
 
 
@@ -18,6 +18,15 @@ def test_gap_closed():
     m["full_context"]["f1"] = 0.1  # context hurts: no gap, whatever memory scores
     assert gap_closed(m, "f1") is None
     assert gap_closed({"memory": {"f1": 1.0}}, "f1") is None
+
+
+def test_f1_to_full_context():
+    """Scored against the full-context answer, not the gold one: a memory that answers like the text wins."""
+    record = {"answers": ["garden"], "memory": {"answer": "Mary is in the kitchen."},
+              "full_context": {"answer": "The kitchen."}}
+    assert f1_to_full_context(record, "memory") == pytest.approx(0.4)  # "kitchen" of "mary is in kitchen"
+    record["memory"]["answer"] = "The garden."
+    assert f1_to_full_context(record, "memory") == 0.0
 
 
 @pytest.mark.parametrize("task", sorted(babi.TASKS))
@@ -106,7 +115,7 @@ def test_tiny_eval_end_to_end(run, tiny_chat_model, tmp_path):
     assert set(res["metrics"]) == {"memory", "no_context", "full_context"}
     mem = res["metrics"]["memory"]
     assert {"em", "f1", "em_tf", "write_steps", "write_seconds", "seconds"} <= set(mem)
-    assert mem["write_steps"] > 0 and 0 <= mem["write_accuracy"] <= 1
+    assert mem["write_steps"] > 0 and 0 <= mem["write_accuracy"] <= 1 and 0 <= mem["f1_to_full_context"] <= 1
     cfg = res["config"]
     assert cfg["write"]["lr"] == 0.3 and cfg["seed"] == 0 and cfg["model_fingerprint"]["config"]
     assert json.loads(output.read_text()) == res
@@ -159,6 +168,7 @@ def test_via_text_condition(run, tiny_model, tmp_path):
     via, full = res["metrics"]["via_text"], res["metrics"]["full_context"]
     assert via["rebuilt_exact"] == 1.0 and via["rebuild_seconds"] > 0 and via["write_steps"] > 0
     assert via["f1"] == full["f1"] and via["em_tf"] == full["em_tf"]  # exact rebuild: same prompt as full context
+    assert via["f1_to_full_context"] == 1.0  # ... and so the same answer
     assert "gap_closed_via_text" in res
     bad = run("eval", "recon", "-m", tiny_model, "--conditions", "via-text")
     assert bad.code == 2
