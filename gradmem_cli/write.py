@@ -26,6 +26,7 @@ from gradmem_cli.errors import UsageError
 from gradmem_cli.distill import ProbeSet, build_probes, distill_stats
 from gradmem_cli.memfile import STORE_DTYPES
 from gradmem_cli.models import LoadedModel
+from gradmem_cli.read import memory_prefix
 from gradmem_cli.writer import write_logits, write_memory
 
 OBJECTIVES = ("reconstruct", "distill", "mix")
@@ -267,15 +268,8 @@ def _right_padded(lm: LoadedModel, seqs: list[list[int]]) -> tuple[torch.Tensor,
 
 
 def _memory_prefix(lm: LoadedModel, memories: list[torch.Tensor]) -> torch.Tensor:
-    """Input embeddings ``[prefix; M_i]`` for each memory (a trained writer's projection applied)."""
-    mem = torch.stack(memories)
-    if lm.writer is not None:  # a trained checkpoint reads its memory through its projection
-        mem = lm.writer.read_input(mem.to(lm.device))
-    mem = mem.to(device=lm.device, dtype=lm.dtype)
-    if not lm.prefix_ids:
-        return mem
-    prefix = lm.embed(torch.tensor(lm.prefix_ids, dtype=torch.long, device=lm.device))
-    return torch.cat([prefix.unsqueeze(0).expand(len(memories), -1, -1), mem], dim=1)
+    """Input embeddings ``[prefix; M_i]`` for each memory, as READ builds them (:func:`memory_prefix`)."""
+    return torch.cat([memory_prefix(lm, m) for m in memories])
 
 
 def shared_prompt_forward(lm: LoadedModel, memories: list[torch.Tensor], owner: list[int], seqs: list[list[int]],
