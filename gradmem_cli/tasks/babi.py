@@ -11,8 +11,11 @@ kinds of questions with one-word answers:
 - qa4 two-argument relations: "What is north of the bedroom?" / "What is the bedroom north of?"
 - qa5 three-argument relations: "Who gave the milk to Fred?", "Who received the milk?", ...
 
-As in BABILong's "0k" split, each example is one story (the facts up to the question) and one question.
-The vocabulary follows the original tasks; the stories are new random draws, not the original files.
+A story comes with every question it answers unambiguously (exactly one right answer, as in the
+original tasks: "before the kitchen" is asked only of an object that was in the kitchen once, "who
+received the milk" only when one person ever did). Evaluation draws one question per story, as in
+BABILong's "0k" split; training uses them all. The vocabulary follows the original tasks; the
+stories are new random draws, not the original files.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ DROP = ["dropped", "put down", "discarded", "left"]
 GIVE = ["gave", "handed", "passed"]
 OPPOSITE = {"north": "south", "south": "north", "east": "west", "west": "east"}
 
-Story = tuple[list[str], str, str]  # sentences, question, answer
+Story = tuple[list[str], list[tuple[str, str]]]  # sentences, [(question, answer)] with one right answer each
 
 
 class _World:
@@ -100,31 +103,30 @@ def _qa1(rng: random.Random) -> Story | None:
     world = _World(rng, PEOPLE)
     for _ in range(rng.randint(2, 10)):
         world.move(rng.choice(PEOPLE))
-    person = rng.choice(sorted(world.where))
-    return world.sentences, f"Where is {person}?", world.where[person]
+    return world.sentences, [(f"Where is {p}?", world.where[p]) for p in sorted(world.where)]
 
 
 def _qa2(rng: random.Random) -> Story | None:
     world = _World(rng, PEOPLE)
     for _ in range(rng.randint(4, 12)):
         world.random_action()
-    # Two supporting facts: who holds the object, and where that person went.
-    carried = [o for o, h in world.holder.items() if h and h in world.where]
-    if not carried:
-        return None
-    obj = rng.choice(carried)
-    return world.sentences, f"Where is the {obj}?", world.object_place(obj)
+    # Two supporting facts: who got (or dropped) the object, and where that person was or went.
+    placed = [o for o in OBJECTS if world.history[o] and world.object_place(o)]
+    return world.sentences, [(f"Where is the {o}?", world.object_place(o)) for o in placed]
 
 
 def _qa3(rng: random.Random) -> Story | None:
     world = _World(rng, PEOPLE)
     for _ in range(rng.randint(6, 14)):
         world.random_action()
-    moved = [o for o in OBJECTS if len(world.history[o]) >= 2 and world.object_place(o) == world.history[o][-1]]
-    if not moved:
-        return None
-    obj = rng.choice(moved)
-    return world.sentences, f"Where was the {obj} before the {world.history[obj][-1]}?", world.history[obj][-2]
+    questions = []
+    for obj in OBJECTS:
+        places = world.history[obj]
+        # "before the X" has one answer only when the object was in X once.
+        for before, place in zip(places, places[1:]):
+            if places.count(place) == 1:
+                questions.append((f"Where was the {obj} before the {place}?", before))
+    return world.sentences, questions
 
 
 def _qa4(rng: random.Random) -> Story | None:
@@ -134,33 +136,31 @@ def _qa4(rng: random.Random) -> Story | None:
     if d2 == OPPOSITE[d1]:  # c would sit where b is: keep the map consistent
         return None
     sentences = [f"The {x} is {d} of the {y}." for x, d, y in facts]
-    x, d, y = rng.choice(facts)
-    if rng.random() < 0.5:
-        return sentences, f"What is {d} of the {y}?", x
-    return sentences, f"What is the {x} {d} of?", y
+    questions = []
+    for x, d, y in facts:
+        questions += [(f"What is {d} of the {y}?", x), (f"What is the {x} {d} of?", y)]
+    return sentences, questions
 
 
 def _qa5(rng: random.Random) -> Story | None:
     world = _World(rng, GIVERS)
     for _ in range(rng.randint(5, 12)):
         world.random_action(allow_give=True)
-    if not world.gives:
-        return None
-    giver, obj, receiver = world.gives[-1]
-    kind = rng.randrange(4)
-    if kind == 0:
-        if sum(1 for g in world.gives if g[1:] == (obj, receiver)) > 1:
-            return None
-        return world.sentences, f"Who gave the {obj} to {receiver}?", giver
-    if kind == 1:
-        return world.sentences, f"Who received the {obj}?", receiver
-    if kind == 2:
-        if sum(1 for g in world.gives if (g[0], g[2]) == (giver, receiver)) > 1:
-            return None
-        return world.sentences, f"What did {giver} give to {receiver}?", obj
-    if sum(1 for g in world.gives if g[:2] == (giver, obj)) > 1:
-        return None
-    return world.sentences, f"Who did {giver} give the {obj} to?", receiver
+    questions = []
+    for giver, obj, receiver in world.gives:
+        # Each question only where the story gives it exactly one right answer.
+        candidates = [
+            (f"Who gave the {obj} to {receiver}?", lambda g: g[1:] == (obj, receiver), 0),
+            (f"Who gave the {obj}?", lambda g: g[1] == obj, 0),
+            (f"Who received the {obj}?", lambda g: g[1] == obj, 2),
+            (f"What did {giver} give to {receiver}?", lambda g: (g[0], g[2]) == (giver, receiver), 1),
+            (f"Who did {giver} give the {obj} to?", lambda g: g[:2] == (giver, obj), 2),
+        ]
+        for question, match, field in candidates:
+            answers = {g[field] for g in world.gives if match(g)}
+            if len(answers) == 1 and question not in (q for q, _ in questions):
+                questions.append((question, answers.pop()))
+    return world.sentences, questions
 
 
 TASKS: dict[str, Callable[[random.Random], Story | None]] = {
@@ -168,18 +168,30 @@ TASKS: dict[str, Callable[[random.Random], Story | None]] = {
 }
 
 
-def generate(task: str, rng: random.Random) -> dict[str, object]:
-    """One ``{"context", "question", "answers"}`` example of a bAbI task."""
+def story(task: str, rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
+    """One story of a bAbI task: its text and every (question, answer) it answers unambiguously."""
     make = TASKS[task]
     while True:
-        story = make(rng)
-        if story is not None:
-            sentences, question, answer = story
-            return {"context": " ".join(sentences), "question": question, "answers": [answer]}
+        drawn = make(rng)
+        if drawn is not None and drawn[1]:
+            sentences, questions = drawn
+            return " ".join(sentences), questions
+
+
+def stories(task: str, count: int, seed: int, split: str = "eval") -> list[tuple[str, list[tuple[str, str]]]]:
+    """``count`` stories, reproducible from ``seed``; ``split`` names a separate random stream, so
+    the ``train`` stories are drawn independently of the ``eval`` ones for the same seed."""
+    if task not in TASKS:
+        raise ValueError(f"unknown bAbI task '{task}' (use {', '.join(TASKS)})")
+    rng = random.Random(f"babi-{task}-{seed}" if split == "eval" else f"babi-{split}-{task}-{seed}")
+    return [story(task, rng) for _ in range(count)]
 
 
 def dataset(task: str, count: int, seed: int) -> list[dict[str, object]]:
-    if task not in TASKS:
-        raise ValueError(f"unknown bAbI task '{task}' (use {', '.join(TASKS)})")
-    rng = random.Random(f"babi-{task}-{seed}")
-    return [generate(task, rng) for _ in range(count)]
+    """``count`` evaluation examples, one question per story (drawn among the story's questions)."""
+    rng = random.Random(f"babi-question-{task}-{seed}")
+    out = []
+    for context, questions in stories(task, count, seed):
+        question, answer = questions[rng.randrange(len(questions))]
+        out.append({"context": context, "question": question, "answers": [answer]})
+    return out
