@@ -24,7 +24,7 @@ setup-qwen: setup
 
 demo: setup
 	mkdir -p $(DEMO)
-	$(BIN)/gradmem write samples/lighthouse.txt -o $(DEMO)/lighthouse.gmem
+	$(BIN)/gradmem write samples/lighthouse.txt -o $(DEMO)/lighthouse.gmem --force
 	$(BIN)/gradmem inspect $(DEMO)/lighthouse.gmem
 	$(BIN)/gradmem ask $(DEMO)/lighthouse.gmem "Who keeps the lighthouse?"
 	$(BIN)/gradmem inspect $(DEMO)/lighthouse.gmem --reconstruct --against samples/lighthouse.txt

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 GRADMEM=${GRADMEM:-.venv/bin/gradmem}
 OUT=${OUT:-out/rebuild_samples}
 mkdir -p "$OUT"
-/usr/bin/time -f "write wall time: %e s" "$GRADMEM" write samples/paragraphs -o "$OUT" --json -q "$@" > "$OUT/write.json"
+/usr/bin/time -f "write wall time: %e s" "$GRADMEM" write samples/paragraphs -o "$OUT" --force --json -q "$@" > "$OUT/write.json"
 printf "%-12s %6s %8s %12s %s\n" file tokens exact token_acc steps
 for f in samples/paragraphs/*.txt; do
   n=$(basename "$f" .txt)

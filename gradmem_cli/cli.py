@@ -95,19 +95,22 @@ def _check_writable(folder: Path) -> None:
         raise GradmemError(f"cannot write to {folder}: {exc.strerror}") from None
 
 
-def _output_paths(docs: list, output: Optional[Path]) -> list[Path]:
-    """Where each document's .gmem goes: ``-o`` file, ``-o`` folder, or next to each input."""
+def _output_paths(inputs: list[str], docs: list, output: Optional[Path]) -> list[Path]:
+    """Where each document's .gmem goes: the ``-o`` file, the ``-o`` folder, or next to each input.
+
+    ``-o`` names a file only for a single input file or stdin; for several inputs or a folder it is
+    always a folder, so the same command means the same thing whatever the folder holds.
+    """
+    into_folder = len(inputs) > 1 or any(Path(i).is_dir() for i in inputs if i != "-")
     if output is None:
         if any(d.path is None for d in docs):
             raise UsageError("-o/--output is required when reading from stdin")
         paths = [d.path.with_suffix(".gmem") for d in docs]
-    elif len(docs) == 1 and not output.is_dir():
-        if output.exists() and not output.is_file():
-            raise GradmemError(f"cannot write to {output}: not a regular file")
+    elif not into_folder and not output.is_dir():
         paths = [output]
     else:
         if output.exists() and not output.is_dir():
-            raise UsageError(f"with several inputs -o must be a folder, and {output} is a file")
+            raise UsageError(f"with several inputs or a folder -o must be a folder, and {output} is a file")
         try:
             output.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -116,6 +119,33 @@ def _output_paths(docs: list, output: Optional[Path]) -> list[Path]:
     for folder in {p.parent for p in paths}:
         _check_writable(folder)
     return paths
+
+
+def _claim_outputs(docs: list, paths: list[Path], force: bool) -> list:
+    """Refuse outputs that would destroy data, before any work; return what is at each path now.
+
+    An output that is one of the inputs (the same file under any name or link) is refused, and so
+    is any existing file that is not a ``.gmem``: a memory never holds its text, so that text would
+    be gone. An existing ``.gmem`` is replaced only with ``--force`` (gzip's rule). The returned
+    states let the save refuse a file that another process created or changed meanwhile.
+    """
+    from gradmem_cli.fileio import file_state
+    from gradmem_cli.memfile import is_memory_file
+
+    inputs = [d.path for d in docs if d.path is not None]
+    states = []
+    for path in paths:
+        if path.exists() or path.is_symlink():
+            if any(os.path.samefile(path, p) for p in inputs if path.exists()):
+                raise GradmemError(f"refusing to write {path}: it is an input of this write and would be lost")
+            if not path.is_file():
+                raise GradmemError(f"cannot write to {path}: not a regular file")
+            if not is_memory_file(path):
+                raise GradmemError(f"refusing to overwrite {path}: it is not a .gmem memory file")
+            if not force:
+                raise GradmemError(f"{path} already exists (use --force to overwrite it)")
+        states.append(file_state(path))
+    return states
 
 
 @app.command()
@@ -128,6 +158,7 @@ def write(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     cfg: WriteConfig = None,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing .gmem files (never any other file).")] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     offline: OfflineOpt = False,
@@ -139,10 +170,11 @@ def write(
     from gradmem_cli.progress import console, make_progress
 
     docs = documents.read_inputs(inputs)
-    paths = _output_paths(docs, output)
+    paths = _output_paths(inputs, docs, output)
+    states = _claim_outputs(docs, paths, force)
     lm = load_model(model, device=device, dtype=dtype, quiet=quiet)
     cfg = cfg.resolve(lm)
-    out_of = {id(d): p for d, p in zip(docs, paths)}
+    out_of = {id(d): (p, state) for d, p, state in zip(docs, paths, states)}
     reports = []
     with make_progress(quiet) as progress:
         tasks: dict[int, int] = {}
@@ -156,8 +188,8 @@ def write(
                 console.print(f"{doc.name}: segment {seg + 1} done, {status}", highlight=False)
 
         for doc, mem, report in engine.memorize(lm, docs, cfg, on_step):
-            path = out_of[id(doc)]
-            memfile.save(path, mem.memory, mem.header)
+            path, state = out_of[id(doc)]
+            memfile.save(path, mem.memory, mem.header, expected=state)
             report.output = str(path)
             reports.append(report)
             progress.update(tasks[id(doc)], total=report.segments, completed=report.segments)
@@ -170,16 +202,6 @@ def write(
         for r in reports:
             console.print(f"{r.input} -> {r.output}: {r.tokens} tokens, {r.segments} segment(s), "
                           f"steps {r.steps}, accuracy {r.accuracy}, {r.seconds:.1f} s")
-
-
-def _load_for(file: Path, model: Optional[str], device: str, dtype: Optional[str], quiet: bool):
-    """A memory file and the model to read it: the one it names, in the dtype it was written in."""
-    from gradmem_cli import memfile
-    from gradmem_cli.models import load_model
-
-    mem = memfile.load(file)
-    return mem, load_model(model or mem.header.model_id, device=device, dtype=dtype or mem.header.dtype,
-                           quiet=quiet)
 
 
 @app.command()
@@ -208,10 +230,15 @@ def ask(
         raise UsageError("--temperature must be 0 or more")
     if via not in ("memory", "text"):
         raise UsageError("--via must be memory or text")
-    from gradmem_cli import engine
+    from gradmem_cli import engine, memfile
     from gradmem_cli.read import Reader, with_context
 
-    mem, lm = _load_for(file, model, device, dtype, quiet)
+    questions = [q.strip() for q in sys.stdin] if question == "-" else [question.strip()]
+    questions = [q for q in questions if q]
+    if not questions:
+        raise GradmemError("no question given")
+    mem = memfile.load(file)
+    lm = engine.load_reader_model(mem, model, device, dtype, quiet)
     rebuild_seconds = None
     if via == "text":
         start = time.perf_counter()
@@ -220,10 +247,6 @@ def ask(
         reader, frame = Reader(lm, None), lambda q: with_context(rebuilt, q)
     else:
         reader, frame = engine.open_reader(lm, mem, use_cache=not no_cache), lambda q: q
-    questions = [q.strip() for q in sys.stdin] if question == "-" else [question]
-    questions = [q for q in questions if q]
-    if not questions:
-        raise GradmemError("no question given")
 
     def stream(text: str) -> None:
         sys.stdout.write(text)
@@ -264,7 +287,7 @@ def inspect_(
     result: dict = {"file": str(file), "header": dataclasses.asdict(mem.header),
                     "sizes": engine.sizes(mem, file.stat().st_size)}
     if reconstruct or against:
-        _, lm = _load_for(file, model, device, dtype, quiet)
+        lm = engine.load_reader_model(mem, model, device, dtype, quiet)
         rebuilt = engine.rebuild(lm, mem)
         result["reconstruction"] = {"text": lm.decode(rebuilt)}
         if source_text is not None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gradmem_cli.errors import GradmemError
+from gradmem_cli.fileio import check_regular_file
 
 
 @dataclass
@@ -49,15 +50,20 @@ def _document(data: bytes, name: str, path: Path | None) -> Document:
 
 
 def read_document(path: Path) -> Document:
-    if not path.exists():
-        raise GradmemError(f"no such file: {path}")
-    if not path.is_file():
-        raise GradmemError(f"not a regular file: {path}")
+    check_regular_file(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise GradmemError(f"cannot read {path}: {exc.strerror}") from None
     return _document(data, str(path), path)
+
+
+def text_files(folder: Path) -> list[Path]:
+    """A folder's text files, ``*.txt`` in any letter case, sorted by name."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".txt" and p.is_file())
+    if not files:
+        raise GradmemError(f"folder {folder} has no .txt files")
+    return files
 
 
 def read_inputs(inputs: list[str]) -> list[Document]:
@@ -71,10 +77,7 @@ def read_inputs(inputs: list[str]) -> list[Document]:
             continue
         path = Path(item)
         if path.is_dir():
-            files = sorted(p for p in path.glob("*.txt") if p.is_file())
-            if not files:
-                raise GradmemError(f"folder {path} has no .txt files")
-            docs.extend(read_document(p) for p in files)
+            docs.extend(read_document(p) for p in text_files(path))
         else:
             docs.append(read_document(path))
     names = [d.stem for d in docs]

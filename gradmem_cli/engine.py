@@ -6,6 +6,7 @@ The CLI commands and the evaluation harness both call these functions; nothing h
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from gradmem_cli import __version__
 from gradmem_cli.documents import Document, split_segments
 from gradmem_cli.errors import GradmemError
 from gradmem_cli.memfile import MemoryFile, MemoryHeader
-from gradmem_cli.models import Fingerprint, LoadedModel, kv_bytes_per_token, model_shape
+from gradmem_cli.models import ALIASES, Fingerprint, LoadedModel, kv_bytes_per_token, load_model, model_shape
 from gradmem_cli.read import Reader, memory_prefix, reconstruct
 from gradmem_cli.write import StepStats, WriteConfig, write_segments
 
@@ -126,6 +127,36 @@ def memorize(
         yield p.doc, MemoryFile(memory=memory, header=header), report
 
 
+def reader_model_spec(memfile: MemoryFile, model: str | None) -> str:
+    """The model that reads a memory: the user's ``--model``, else the one the file names, but only
+    if loading it on the file's word is safe.
+
+    A ``.gmem`` is untrusted input: its ``model_id`` could name any folder on this machine or any
+    hub repository. Only a built-in alias (weights inside an installed package) or the user's own
+    ``$GRADMEM_MODEL`` is loaded without ``--model``.
+    """
+    if model:
+        return model
+    named = memfile.header.model_id
+    if named in ALIASES or named == os.environ.get("GRADMEM_MODEL"):
+        return named
+    raise GradmemError(
+        f"{memfile.path or 'this memory'} was written with the model '{named}', which gradmem does not load "
+        f"on a file's word (only built-in aliases and $GRADMEM_MODEL): pass --model '{named}' if you trust it"
+    )
+
+
+def load_reader_model(memfile: MemoryFile, model: str | None, device: str = "auto", dtype: str | None = None,
+                      quiet: bool = False) -> LoadedModel:
+    """The model for a memory (:func:`reader_model_spec`), in the dtype it was written in unless
+    ``dtype`` says otherwise; a model of another architecture is refused before its weights load."""
+    header = memfile.header
+    lm = load_model(reader_model_spec(memfile, model), device=device, dtype=dtype or header.dtype, quiet=quiet,
+                    expect_config=header.model_fingerprint["config"])
+    check_model(lm, memfile)
+    return lm
+
+
 def check_model(lm: LoadedModel, memfile: MemoryFile) -> None:
     """Refuse to read a memory with a model other than the one that wrote it."""
     header = memfile.header
@@ -133,6 +164,10 @@ def check_model(lm: LoadedModel, memfile: MemoryFile) -> None:
     reason = stored.mismatch(lm.fingerprint)
     if reason is None and header.hidden_size != lm.hidden_size:
         reason = "hidden size differs"
+    longest = len(lm.prefix_ids) + header.mem_tokens + max(header.tokens_per_segment)
+    if reason is None and longest > lm.window:
+        raise GradmemError(f"{memfile.path or 'this memory'}: a segment of {max(header.tokens_per_segment)} tokens "
+                           f"after {header.mem_tokens} vectors does not fit the model's window of {lm.window}")
     if reason:
         name = memfile.path or "this memory"
         raise GradmemError(
@@ -143,6 +178,10 @@ def check_model(lm: LoadedModel, memfile: MemoryFile) -> None:
 
 def open_reader(lm: LoadedModel, memfile: MemoryFile, use_cache: bool = True) -> Reader:
     check_model(lm, memfile)
+    vectors = memfile.memory.shape[0] * memfile.memory.shape[1]
+    if len(lm.prefix_ids) + vectors >= lm.window:
+        raise GradmemError(f"{memfile.path or 'this memory'}: its {vectors} vectors leave no room for a question "
+                           f"in the model's window of {lm.window}")
     return Reader(lm, memory_prefix(lm, memfile.memory), use_cache=use_cache)
 
 

@@ -1,17 +1,68 @@
-"""Atomic file writes: a temporary file in the same folder, fsync, then a rename.
+"""Safe file writes: a temporary file in the same folder, fsync, then an atomic publish.
 
-A reader never sees a half-written file, and an error or Ctrl-C leaves nothing behind.
+A reader never sees a half-written file, an error or Ctrl-C leaves nothing behind, and a file
+that appeared or changed while the data was being computed (another process writing the same
+output) is never silently replaced.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
+from gradmem_cli.errors import GradmemError
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+FileState = tuple[int, int, int, int]  # (device, inode, size, mtime in ns): which file, which version
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _state(st: os.stat_result | None) -> FileState | None:
+    return None if st is None else (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def file_state(path: Path) -> FileState | None:
+    """The identity and version of the file at ``path``, or None if there is none."""
+    return _state(_stat(path))
+
+
+def check_regular_file(path: Path) -> None:
+    """A readable regular file, or a one-line error that says why not (a symlink loop included)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise GradmemError(f"{path}: too many levels of symbolic links (a link loop)") from None
+        if exc.errno == errno.ENOENT:
+            raise GradmemError(f"no such file: {path}") from None
+        raise GradmemError(f"cannot read {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise GradmemError(f"not a regular file: {path}")
+
+
+def _default_mode() -> int:
+    """The mode a new file gets from the user's umask (``mkstemp`` alone would give 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write_bytes(path: Path, data: bytes, expected: FileState | None | bool = True) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder.
+
+    ``expected`` is what the caller saw at ``path`` when it decided to write: None (no file) makes
+    the publish fail if any file has appeared since (an atomic no-clobber link); a
+    :func:`file_state` makes it fail if that file has changed since. True replaces whatever is there.
+    A replaced file keeps its permissions; a new one gets the umask's.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or Path("."))
     try:
@@ -19,7 +70,30 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        st = _stat(path)
+        os.chmod(tmp, st.st_mode & 0o7777 if st else _default_mode())
+        if expected is None:
+            _publish_new(tmp, path)
+        else:
+            if expected is not True and _state(st) != expected:
+                raise GradmemError(f"{path} changed while this write ran (another process writing it?); "
+                                   "left it as it is")
+            os.replace(tmp, path)
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def _publish_new(tmp: str, path: Path) -> None:
+    """Give the finished temporary file its name only if that name is still free."""
+    try:
+        os.link(tmp, path)  # fails with EEXIST instead of replacing: no window between check and rename
+    except FileExistsError:
+        raise GradmemError(f"{path} appeared while this write ran (another process writing it?); "
+                           "left it as it is") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if os.path.lexists(path):  # a file system without hard links: check, then rename
+            raise GradmemError(f"{path} appeared while this write ran (another process writing it?); "
+                               "left it as it is") from None
+        os.replace(tmp, path)

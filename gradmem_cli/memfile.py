@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -21,7 +23,7 @@ from typing import Any, get_type_hints
 import torch
 
 from gradmem_cli.errors import GradmemError
-from gradmem_cli.fileio import atomic_write_bytes
+from gradmem_cli.fileio import FileState, atomic_write_bytes, check_regular_file
 
 FORMAT_NAME = "gradmem.memory"
 FORMAT_VERSION = "1.0"
@@ -74,7 +76,7 @@ class MemoryHeader:
             if f.name not in meta:
                 if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
                     continue
-                raise GradmemError(f"{name}: corrupt .gmem metadata (missing '{f.name}')")
+                raise GradmemError(f"{name}: corrupt .gmem (missing '{f.name}')")
             raw = meta[f.name]
             if hints[f.name] is str:
                 values[f.name] = raw
@@ -82,8 +84,78 @@ class MemoryHeader:
                 try:
                     values[f.name] = json.loads(raw)
                 except json.JSONDecodeError:
-                    raise GradmemError(f"{name}: corrupt .gmem metadata (field '{f.name}')") from None
+                    raise GradmemError(f"{name}: corrupt .gmem ('{f.name}' is not valid JSON)") from None
         return cls(**values)
+
+
+# Bounds on what a header may claim. A .gmem is untrusted input: a size read from it drives
+# allocations and generation lengths, so every one is checked before it is used.
+MAX_TOKENS = 1 << 20  # per segment; a model's own window bounds it further when it is read
+MAX_SIZE = 1 << 16  # memory vectors per segment, hidden size, layers, heads
+MAX_SEGMENTS = 1 << 20
+_DTYPE_NAMES = tuple(STORE_DTYPES)
+
+
+def _is_int(value: Any, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _ints(values: Any, count: int, lo: int, hi: int) -> bool:
+    return isinstance(values, list) and len(values) == count and all(_is_int(v, lo, hi) for v in values)
+
+
+def header_problem(h: MemoryHeader) -> str | None:
+    """What is wrong with a header's values (types, ranges, agreement between fields), or None.
+
+    The checks follow docs/format.md; the loader turns a problem into one "corrupt .gmem" error.
+    """
+    strings = ("gradmem_version", "created_at", "model_id", "tokenizer_fingerprint", "torch_version",
+               "transformers_version")
+    for name in strings:
+        if not isinstance(getattr(h, name), str):
+            return f"'{name}' must be a string"
+    n = len(h.tokens_per_segment) if isinstance(h.tokens_per_segment, list) else -1
+    fp, shape, source = h.model_fingerprint, h.model_shape, h.source
+    checks = [
+        (h.dtype in _DTYPE_NAMES, f"'dtype' must be one of {', '.join(_DTYPE_NAMES)}"),
+        (isinstance(fp, dict) and isinstance(fp.get("config"), str) and isinstance(fp.get("tokenizer"), str)
+         and isinstance(fp.get("embedding"), list) and 0 < len(fp["embedding"]) <= 64
+         and all(_is_number(x) for x in fp["embedding"]),
+         "'model_fingerprint' must hold config and tokenizer strings and an embedding list of numbers"),
+        (isinstance(shape, dict) and all(_is_int(shape.get(k), 1, MAX_SIZE)
+                                         for k in ("layers", "kv_heads", "head_dim", "hidden")),
+         f"'model_shape' must hold layers, kv_heads, head_dim and hidden in 1..{MAX_SIZE}"),
+        (_is_int(h.hidden_size, 1, MAX_SIZE), f"'hidden_size' must be an integer in 1..{MAX_SIZE}"),
+        (_is_int(h.mem_tokens, 1, MAX_SIZE), f"'mem_tokens' must be an integer in 1..{MAX_SIZE}"),
+        (_is_int(h.segment_tokens, 1, MAX_TOKENS), f"'segment_tokens' must be an integer in 1..{MAX_TOKENS}"),
+        (1 <= n <= MAX_SEGMENTS, "'tokens_per_segment' must be a non-empty list (a memory has one segment or more)"),
+        (_ints(h.tokens_per_segment, n, 1, h.segment_tokens if _is_int(h.segment_tokens, 1, MAX_TOKENS) else 0),
+         "'tokens_per_segment' must be integers from 1 to 'segment_tokens'"),
+        (isinstance(h.prefix_ids, list) and len(h.prefix_ids) <= 16
+         and all(_is_int(i, 0, 1 << 31) for i in h.prefix_ids), "'prefix_ids' must be at most 16 token ids"),
+        (isinstance(h.write, dict) and isinstance(h.extra, dict), "'write' and 'extra' must be objects"),
+        (_ints(h.steps, n, 0, 1 << 31) and _ints(h.kept_step, n, 0, 1 << 31),
+         "'steps' and 'kept_step' must be one non-negative integer per segment"),
+        (isinstance(h.final_loss, list) and len(h.final_loss) == n and all(_is_number(x) for x in h.final_loss),
+         "'final_loss' must be one number per segment"),
+        (isinstance(h.accuracy, list) and len(h.accuracy) == n
+         and all(_is_number(x) and 0 <= x <= 1 for x in h.accuracy), "'accuracy' must be one number in [0, 1] per segment"),
+        (isinstance(source, dict) and isinstance(source.get("name"), str) and isinstance(source.get("sha256"), str)
+         and _is_int(source.get("bytes"), 0, 1 << 62) and _is_int(source.get("tokens"), 1, MAX_TOKENS * MAX_SEGMENTS),
+         "'source' must hold name, sha256, bytes and tokens"),
+    ]
+    for ok, reason in checks:
+        if not ok:
+            return reason
+    if shape["hidden"] != h.hidden_size:
+        return "'model_shape.hidden' differs from 'hidden_size'"
+    if source["tokens"] != sum(h.tokens_per_segment):
+        return "'source.tokens' differs from the sum of 'tokens_per_segment'"
+    return None
 
 
 @dataclass
@@ -102,8 +174,13 @@ def _major(version: str) -> int:
         return -1
 
 
-def save(path: Path, memory: torch.Tensor, header: MemoryHeader) -> int:
-    """Save a memory file atomically; returns its size in bytes."""
+def save(path: Path, memory: torch.Tensor, header: MemoryHeader, expected: FileState | None | bool = True) -> int:
+    """Save a memory file atomically; returns its size in bytes.
+
+    ``expected`` is what the caller found at ``path`` before writing (see
+    :func:`fileio.atomic_write_bytes`): the save fails rather than replace a file that appeared or
+    changed since.
+    """
     from safetensors.torch import save
 
     if memory.dim() != 3 or memory.shape[0] != header.segments:
@@ -112,10 +189,22 @@ def save(path: Path, memory: torch.Tensor, header: MemoryHeader) -> int:
         raise ValueError(f"memory dtype {memory.dtype} cannot be stored")
     data = save({"memory": memory.detach().to("cpu").contiguous()}, metadata=header.to_metadata())
     try:
-        atomic_write_bytes(Path(path), data)
+        atomic_write_bytes(Path(path), data, expected)
     except OSError as exc:
         raise GradmemError(f"cannot write {path}: {exc.strerror or exc}") from None
     return len(data)
+
+
+def is_memory_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file whose safetensors header says it is a ``.gmem``."""
+    from safetensors import safe_open
+
+    try:
+        check_regular_file(path)
+        with safe_open(str(path), framework="pt") as fh:
+            return (fh.metadata() or {}).get("format") == FORMAT_NAME
+    except Exception:  # not a file, unreadable, or not safetensors: not a memory file
+        return False
 
 
 def load(path: Path | str) -> MemoryFile:
@@ -123,17 +212,16 @@ def load(path: Path | str) -> MemoryFile:
     from safetensors import safe_open
 
     path = Path(path)
-    if not path.exists():
-        raise GradmemError(f"no such file: {path}")
-    if not path.is_file():
-        raise GradmemError(f"not a regular file: {path}")
+    check_regular_file(path)
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
             keys = list(fh.keys())
             if meta.get("format") != FORMAT_NAME:
                 raise GradmemError(f"{path} is a safetensors file but not a gradmem memory (.gmem) file")
-            version = meta.get("format_version", "")
+            version = meta.get("format_version")
+            if not isinstance(version, str) or not re.fullmatch(r"\d+\.\d+", version):
+                raise GradmemError(f"{path}: corrupt .gmem (no valid 'format_version')")
             if _major(version) != _major(FORMAT_VERSION):
                 newer = _major(version) > _major(FORMAT_VERSION)
                 hint = "upgrade gradmem to read it" if newer else "it cannot be read by this gradmem"
@@ -142,16 +230,22 @@ def load(path: Path | str) -> MemoryFile:
                 )
             if keys != ["memory"]:
                 raise GradmemError(f"{path}: corrupt .gmem (expected one tensor 'memory', found {keys})")
+            header = MemoryHeader.from_metadata(meta, str(path))
+            problem = header_problem(header)
+            if problem:
+                raise GradmemError(f"{path}: corrupt .gmem ({problem})")
+            sliced = fh.get_slice("memory")
+            dtype, shape = sliced.get_dtype(), tuple(sliced.get_shape())
+            expected = (header.segments, header.mem_tokens, header.hidden_size)
+            if dtype not in ("F32", "F16", "BF16"):
+                raise GradmemError(f"{path}: corrupt .gmem (memory dtype {dtype}; expected F32, F16 or BF16)")
+            if shape != expected:
+                raise GradmemError(f"{path}: corrupt .gmem (memory shape {shape}, header says {expected})")
             memory = fh.get_tensor("memory")
     except GradmemError:
         raise
     except Exception as exc:  # safetensors raises several types for truncated or garbled files
         raise GradmemError(f"{path} is not a valid .gmem file (corrupt or truncated)") from exc
-    header = MemoryHeader.from_metadata(meta, str(path))
-    expected = (header.segments, header.mem_tokens, header.hidden_size)
-    if tuple(memory.shape) != expected or memory.dtype not in STORE_DTYPES.values():
-        raise GradmemError(f"{path}: corrupt .gmem (memory is {tuple(memory.shape)} {memory.dtype}, "
-                           f"header says {expected})")
     if not torch.isfinite(memory).all():
         raise GradmemError(f"{path}: corrupt .gmem (memory holds NaN or infinite values)")
     return MemoryFile(memory=memory, header=header, path=path)

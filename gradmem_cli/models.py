@@ -176,9 +176,14 @@ def embedding_signature(weight: torch.Tensor) -> list[float]:
     return [float(f"{v:.8g}") for v in values]
 
 
-def compute_fingerprint(model: torch.nn.Module, tokenizer: Any) -> Fingerprint:
-    cfg = model.config.to_dict()
+def config_hash(config: Any) -> str:
+    """16 hex digits over the architecture fields of a model config (see :class:`Fingerprint`)."""
+    cfg = config.to_dict()
     arch = {k: cfg[k] for k in _CONFIG_KEYS if k in cfg and cfg[k] is not None}
+    return _sha16(json.dumps(arch, sort_keys=True, default=str))
+
+
+def compute_fingerprint(model: torch.nn.Module, tokenizer: Any) -> Fingerprint:
     vocab = sorted(tokenizer.get_vocab().items())
     tok_id = {
         "vocab": vocab,
@@ -186,7 +191,7 @@ def compute_fingerprint(model: torch.nn.Module, tokenizer: Any) -> Fingerprint:
         "chat_template": getattr(tokenizer, "chat_template", None),
     }
     return Fingerprint(
-        config=_sha16(json.dumps(arch, sort_keys=True, default=str)),
+        config=config_hash(model.config),
         tokenizer=_sha16(json.dumps(tok_id, sort_keys=True, default=str)),
         embedding=embedding_signature(model.get_input_embeddings().weight),
     )
@@ -208,6 +213,11 @@ class LoadedModel:
     @property
     def hidden_size(self) -> int:
         return int(self.model.get_input_embeddings().weight.shape[1])
+
+    @property
+    def window(self) -> int:
+        """Positions the model can attend over (``max_position_embeddings``; 2048 if it does not say)."""
+        return int(getattr(self.model.config, "max_position_embeddings", None) or 2048)
 
     @property
     def dtype_name(self) -> str:
@@ -319,8 +329,9 @@ def _converted_gguf_dir(gguf: Path, quiet: bool) -> Path:
     try:
         # transformers' GGUF reader draws a tqdm bar that no setting turns off.
         with contextlib.redirect_stderr(io.StringIO()):
-            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
+                                                         trust_remote_code=False)
     except Exception as exc:  # gguf parsing errors come in many types
         raise GradmemError(f"cannot read GGUF file {gguf}: {exc}") from exc
     # Without the `kernels` package transformers has already dequantized every weight to a
@@ -384,8 +395,15 @@ def load_model(
     dtype: str = "float32",
     quiet: bool = False,
     attn_implementation: str | None = None,
+    expect_config: str | None = None,
 ) -> LoadedModel:
-    """Load a frozen causal LM from an alias, a Hugging Face id, a local folder or a GGUF file."""
+    """Load a frozen causal LM from an alias, a Hugging Face id, a local folder or a GGUF file.
+
+    No code that comes with a model is ever run (``trust_remote_code=False``: a folder whose
+    config maps to its own Python classes is refused, never prompted for). ``expect_config`` is
+    the architecture hash a memory file records: when it differs, loading stops after reading the
+    config, before any weights.
+    """
     spec = spec or default_model()
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
@@ -393,14 +411,20 @@ def load_model(
     if isinstance(source, Path) and source.suffix == ".gguf":
         source = _converted_gguf_dir(source, quiet)
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     _quiet_hf()
-    kwargs: dict[str, Any] = {"local_files_only": True} if _offline() else {}
+    kwargs: dict[str, Any] = {"trust_remote_code": False}
+    if _offline():
+        kwargs["local_files_only"] = True
     try:
+        config = AutoConfig.from_pretrained(str(source), **kwargs)
+        if expect_config is not None and config_hash(config) != expect_config:
+            raise GradmemError(f"model mismatch: '{spec}' has another architecture config "
+                               f"({config_hash(config)[:8]}, the memory needs {expect_config[:8]})")
         tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
-            str(source), dtype=torch_dtype, attn_implementation=attn_implementation, **kwargs
+            str(source), config=config, dtype=torch_dtype, attn_implementation=attn_implementation, **kwargs
         )
     except (OSError, ValueError) as exc:
         where = "offline and not in the local Hugging Face cache" if _offline() else str(exc).splitlines()[0]

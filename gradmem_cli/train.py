@@ -27,7 +27,9 @@ from typing import Any
 
 import torch
 
+from gradmem_cli.documents import decode_text
 from gradmem_cli.errors import GradmemError, UsageError
+from gradmem_cli.fileio import check_regular_file
 from gradmem_cli.metamodel import MetaModel, build, encode, evaluate, load_model_weights, scores
 from gradmem_cli.runfolder import Run, read_state
 from gradmem_cli.tasks import kv
@@ -211,8 +213,9 @@ def load_config(path: Path | None, overrides: list[str] = ()) -> TrainConfig:
     defaults = TrainConfig().to_dict()
     values: dict[str, Any] = {}
     if path is not None:
+        check_regular_file(Path(path))
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml.safe_load(decode_text(Path(path).read_bytes(), str(path))) or {}
         except OSError as exc:
             raise GradmemError(f"cannot read {path}: {exc.strerror}") from None
         except yaml.YAMLError as exc:

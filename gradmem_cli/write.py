@@ -123,7 +123,7 @@ class WriteConfig:
             values = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in plain.items()}
             if values["optimizer"] == "forward":
                 raise UsageError("--optimizer forward is the rule of an RMT writer (--init learned)")
-            return replace(self, init=init, **values).validate()
+            return replace(self, init=init, **values).validate().fits(lm)
         if writer is None:
             raise UsageError("--init learned needs a checkpoint trained by gradmem train (it has no writer)")
         rule = "forward" if writer.cfg.kind == "rmt" else "sgd"
@@ -145,7 +145,17 @@ class WriteConfig:
             segment_tokens=self.segment_tokens or max(1, room),
             steps=writer.cfg.steps if self.steps is None else self.steps,
             lr=writer.cfg.inner_lr if self.lr is None else self.lr,
-        ).validate()
+        ).validate().fits(lm)
+
+    def fits(self, lm: LoadedModel) -> WriteConfig:
+        """Refuse sizes the model's window cannot hold, before any work (a write would fail or crawl)."""
+        used = len(lm.prefix_ids) + self.mem_tokens + self.segment_tokens
+        if used > lm.window:
+            raise UsageError(f"--mem-tokens {self.mem_tokens} + --segment-tokens {self.segment_tokens} do not fit "
+                             f"the model's window of {lm.window} positions")
+        if self.objective != "reconstruct" and self.probe_tokens >= lm.window:
+            raise UsageError(f"--probe-tokens must be below the model's window of {lm.window}")
+        return self
 
     def lr_at(self, step: int) -> float:
         if self.schedule == "constant" or self.steps == 0:

@@ -57,8 +57,8 @@ def test_source_text_not_in_file(written):
     assert "Okafor" not in data and "lighthouse" not in data
 
 
-def test_inspect_reconstruct_against(run, written, doc):
-    result = run("inspect", written, "--against", doc, "--json")
+def test_inspect_reconstruct_against(run, written, doc, tiny_model):
+    result = run("inspect", written, "--against", doc, "--json", "-m", tiny_model)
     assert result.code == 0, result.err
     info = json.loads(result.out)
     assert info["reconstruction"]["exact_match"] is True
@@ -71,39 +71,39 @@ def test_inspect_reconstruct_against(run, written, doc):
     assert sizes["kv_cache_bytes"] == 2 * 2 * 2 * 16 * 4 * tokens  # K+V, 2 layers, 2 KV heads, head 16, fp32
 
 
-def test_inspect_against_other_text(run, written, tmp_path):
+def test_inspect_against_other_text(run, written, tmp_path, tiny_model):
     other = tmp_path / "other.txt"
     other.write_text("Something else entirely, not the source.")
-    info = json.loads(run("inspect", written, "--against", other, "--json").out)
+    info = json.loads(run("inspect", written, "--against", other, "--json", "-m", tiny_model).out)
     assert info["reconstruction"]["exact_match"] is False
     assert info["reconstruction"]["token_accuracy"] < 0.5
 
 
-def test_inspect_human_output(run, written):
-    result = run("inspect", written, "--reconstruct")
+def test_inspect_human_output(run, written, tiny_model):
+    result = run("inspect", written, "--reconstruct", "-m", tiny_model)
     assert result.code == 0
     assert "mem_tokens" in result.err and "KV cache" in result.err
     assert result.out.strip() == TEXT  # the rebuilt text is the data, on stdout
 
 
-def test_ask_streams_and_json(run, written):
-    plain = run("ask", written, "Who keeps the lighthouse?", "--max-new-tokens", "8")
+def test_ask_streams_and_json(run, written, tiny_model):
+    plain = run("ask", written, "Who keeps the lighthouse?", "--max-new-tokens", "8", "-m", tiny_model)
     assert plain.code == 0, plain.err
-    result = run("ask", written, "Who keeps the lighthouse?", "--max-new-tokens", "8", "--json")
+    result = run("ask", written, "Who keeps the lighthouse?", "--max-new-tokens", "8", "--json", "-m", tiny_model)
     answer = json.loads(result.out)
     assert answer["question"] == "Who keeps the lighthouse?" and 0 < answer["tokens"] <= 8
     assert plain.out.strip() == answer["answer"]
 
 
-def test_ask_questions_from_stdin(run, written):
-    result = run("ask", written, "-", "--max-new-tokens", "5", "--json", stdin="first?\n\nsecond?\n")
+def test_ask_questions_from_stdin(run, written, tiny_model):
+    result = run("ask", written, "-", "--max-new-tokens", "5", "--json", "-m", tiny_model, stdin="first?\n\nsecond?\n")
     lines = [json.loads(line) for line in result.out.splitlines()]
     assert [x["question"] for x in lines] == ["first?", "second?"]
 
 
-def test_cached_and_uncached_ask_agree(run, written):
-    a = run("ask", written, "Where is the lighthouse?", "--max-new-tokens", "12", "--json")
-    b = run("ask", written, "Where is the lighthouse?", "--max-new-tokens", "12", "--json", "--no-cache")
+def test_cached_and_uncached_ask_agree(run, written, tiny_model):
+    a = run("ask", written, "Where is the lighthouse?", "--max-new-tokens", "12", "--json", "-m", tiny_model)
+    b = run("ask", written, "Where is the lighthouse?", "--max-new-tokens", "12", "--json", "--no-cache", "-m", tiny_model)
     assert json.loads(a.out)["answer"] == json.loads(b.out)["answer"]
 
 
@@ -111,10 +111,10 @@ def test_chat_model_with_bos(run, doc, tiny_chat_model, tmp_path):
     out = tmp_path / "chat.gmem"
     assert run("write", doc, "-o", out, "-m", tiny_chat_model, *FAST, "-q").code == 0
     assert memfile.load(out).header.prefix_ids == [1]
-    info = json.loads(run("inspect", out, "--against", doc, "--json").out)
+    info = json.loads(run("inspect", out, "--against", doc, "--json", "-m", tiny_chat_model).out)
     assert info["reconstruction"]["exact_match"] is True
-    a = run("ask", out, "Where?", "--max-new-tokens", "6", "--json")
-    b = run("ask", out, "Where?", "--max-new-tokens", "6", "--json", "--no-cache")
+    a = run("ask", out, "Where?", "--max-new-tokens", "6", "--json", "-m", tiny_chat_model)
+    b = run("ask", out, "Where?", "--max-new-tokens", "6", "--json", "--no-cache", "-m", tiny_chat_model)
     assert a.code == 0 and json.loads(a.out)["answer"] == json.loads(b.out)["answer"]
 
 
@@ -127,7 +127,7 @@ def test_long_text_is_segmented(run, tiny_model, tmp_path):
     mem = memfile.load(out)
     assert report["segments"] == mem.memory.shape[0] >= 2
     assert max(mem.header.tokens_per_segment) <= 12 and sum(mem.header.tokens_per_segment) == report["tokens"]
-    info = json.loads(run("inspect", out, "--against", path, "--json").out)
+    info = json.loads(run("inspect", out, "--against", path, "--json", "-m", tiny_model).out)
     assert info["reconstruction"]["exact_match"] is True
 
 
@@ -150,7 +150,7 @@ def test_folder_to_folder(run, tiny_model, tmp_path):
     files = json.loads(result.out)["files"]
     assert sorted(f["output"] for f in files) == [str(out / f"n{i}.gmem") for i in range(3)]
     for i in range(3):
-        info = json.loads(run("inspect", out / f"n{i}.gmem", "--against", src / f"n{i}.txt", "--json").out)
+        info = json.loads(run("inspect", out / f"n{i}.gmem", "--against", src / f"n{i}.txt", "--json", "-m", tiny_model).out)
         assert info["reconstruction"]["exact_match"] is True
 
 
@@ -230,17 +230,21 @@ def test_model_mismatch_refused(run, written, other_tiny_model, tiny_chat_model)
     assert "model mismatch" in line
 
 
-def test_model_missing_from_file(run, written, tmp_path):
-    """A memory names its model; if that model is gone, the error says so."""
+def test_model_named_by_file_is_not_loaded_on_its_word(run, written, tiny_model, tmp_path, monkeypatch):
+    """A memory names its model, but only an alias or $GRADMEM_MODEL is loaded without --model."""
+    line = _one_line_error(run("ask", written, "Who?"))
+    assert "does not load on a file's word" in line and f"--model '{tiny_model}'" in line
+    monkeypatch.setenv("GRADMEM_MODEL", tiny_model)
+    assert run("ask", written, "Who?", "--max-new-tokens", "2").code == 0
     mem = memfile.load(written)
     mem.header.model_id = str(tmp_path / "moved-model")
     moved = tmp_path / "moved.gmem"
     memfile.save(moved, mem.memory, mem.header)
-    line = _one_line_error(run("ask", moved, "Who?", "--offline"))
-    assert "cannot load model" in line
+    monkeypatch.setenv("GRADMEM_MODEL", str(tmp_path / "moved-model"))
+    assert "cannot load model" in _one_line_error(run("ask", moved, "Who?", "--offline"))
 
 
-def test_bad_gmem_files(run, tmp_path, written):
+def test_bad_gmem_files(run, tmp_path, written, tiny_model):
     truncated = tmp_path / "t.gmem"
     truncated.write_bytes(written.read_bytes()[:100])
     for command in (["inspect"], ["ask"]):
@@ -276,7 +280,7 @@ def test_interrupted_write_leaves_no_file(run, doc, tiny_model, tmp_path, monkey
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_debug_shows_traceback(run, tmp_path, monkeypatch):
+def test_debug_shows_traceback(run, tmp_path, monkeypatch, tiny_model):
     from gradmem_cli.errors import GradmemError
 
     monkeypatch.setenv("GRADMEM_DEBUG", "1")
@@ -299,7 +303,7 @@ def test_bfloat16_memory_read_in_its_dtype(run, doc, tiny_model, tmp_path):
     assert run("write", doc, "-o", out, "-m", tiny_model, *FAST, "--dtype", "bfloat16", "-q").code == 0
     mem = memfile.load(out)
     assert mem.header.dtype == "bfloat16" and mem.memory.dtype == torch.float32
-    info = json.loads(run("inspect", out, "--against", doc, "--json").out)
+    info = json.loads(run("inspect", out, "--against", doc, "--json", "-m", tiny_model).out)
     assert info["reconstruction"]["exact_match"] is True
     assert info["sizes"]["kv_cache_bytes"] == 2 * 2 * 2 * 16 * 2 * mem.header.source["tokens"]
 
@@ -309,7 +313,7 @@ def test_float16_storage_rebuilds(run, doc, tiny_model, tmp_path):
     assert run("write", doc, "-o", out, "-m", tiny_model, *FAST, "--store-dtype", "float16", "-q").code == 0
     mem = memfile.load(out)
     assert mem.memory.dtype == torch.float16 and mem.header.write["store_dtype"] == "float16"
-    info = json.loads(run("inspect", out, "--against", doc, "--json").out)
+    info = json.loads(run("inspect", out, "--against", doc, "--json", "-m", tiny_model).out)
     assert info["reconstruction"]["exact_match"] is True
     assert info["sizes"]["memory_bytes"] == 8 * 64 * 2
 
@@ -318,11 +322,11 @@ def test_ask_via_text_equals_full_context(run, written, tiny_model):
     from gradmem_cli.models import load_model
     from gradmem_cli.read import Reader, with_context
 
-    result = run("ask", written, "Who keeps it?", "--via", "text", "--max-new-tokens", "6", "--json")
+    result = run("ask", written, "Who keeps it?", "--via", "text", "--max-new-tokens", "6", "--json", "-m", tiny_model)
     assert result.code == 0, result.err
     answer = json.loads(result.out)
     assert answer["via"] == "text" and answer["rebuild_seconds"] > 0
     lm = load_model(tiny_model, device="cpu")
     expected = Reader(lm, None).answer(with_context(TEXT, "Who keeps it?"), max_new_tokens=6).text
     assert answer["answer"] == expected  # the memory rebuilds TEXT exactly, so this is the full-context answer
-    assert run("ask", written, "q", "--via", "telepathy").code == 2
+    assert run("ask", written, "q", "--via", "telepathy", "-m", tiny_model).code == 2

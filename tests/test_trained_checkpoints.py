@@ -62,11 +62,11 @@ def test_write_uses_the_learned_writer(checkpoints, run, tmp_path):
     assert (w["init"], w["optimizer"], w["steps"], w["lr"], w["schedule"]) == ("learned", "sgd", 2, 0.04, "constant")
     assert w["writer"]["kind"] == "gradmem" and header.steps == [2] and header.tokens_per_segment == [15]
     # --steps overrides K (test-time scaling), and the file records it.
-    result = run("write", src, "-m", checkpoints["gradmem"], "-o", out, "--steps", "5", "--lr", "0.1")
+    result = run("write", src, "-m", checkpoints["gradmem"], "-o", out, "--force", "--steps", "5", "--lr", "0.1")
     assert result.code == 0, result.err
     assert (memfile.load(out).header.write["steps"], memfile.load(out).header.write["lr"]) == (5, 0.1)
     # ask feeds the query verbatim (the checkpoint's chat template) and stops at "|".
-    result = run("ask", out, sample.query, "--json", "--max-new-tokens", "8")
+    result = run("ask", out, sample.query, "--json", "--max-new-tokens", "8", "-m", checkpoints["gradmem"])
     assert result.code == 0, result.err
     assert json.loads(result.out)["tokens"] <= 8
     result = run("inspect", out, "--json")
@@ -95,7 +95,7 @@ def test_rmt_checkpoint_writes_forward_only(checkpoints, run, tmp_path):
     assert result.code == 0, result.err
     w = memfile.load(out).header.write
     assert (w["init"], w["optimizer"], w["steps"]) == ("learned", "forward", 1)
-    result = run("write", src, "-m", checkpoints["rmt"], "-o", out, "--optimizer", "adam")
+    result = run("write", src, "-m", checkpoints["rmt"], "-o", out, "--force", "--optimizer", "adam")
     assert result.code == 2 and "forward" in result.err
 
 

@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gradmem_cli.documents import decode_text
+from gradmem_cli.documents import decode_text, text_files
 from gradmem_cli.errors import GradmemError
 from gradmem_cli.tasks import babi, kv
 
@@ -121,9 +121,7 @@ def load_kv(path: Path) -> list[Example]:
 def load_recon(path: Path) -> list[Example]:
     """A folder of ``.txt`` files, or ``{"text"}`` JSONL."""
     if path.is_dir():
-        files = sorted(path.glob("*.txt"))
-        if not files:
-            raise GradmemError(f"folder {path} has no .txt files")
+        files = text_files(path)
         texts = [(f.stem, decode_text(f.read_bytes(), str(f))) for f in files]
     else:
         texts = []
@@ -138,7 +136,7 @@ def load_recon(path: Path) -> list[Example]:
 def _file_source(path: Path) -> dict[str, Any]:
     if path.is_dir():
         digest = hashlib.sha256()
-        for f in sorted(path.glob("*.txt")):
+        for f in text_files(path):
             digest.update(f.name.encode() + b"\0" + f.read_bytes())
         return {"data": str(path), "sha256": digest.hexdigest()}
     return {"data": str(path), "sha256": hashlib.sha256(_read(path)).hexdigest()}
