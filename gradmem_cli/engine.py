@@ -1,6 +1,6 @@
 """The core engine: documents in, memory files out, answers and rebuilt texts back.
 
-The CLI commands and the evaluation harness both call these functions; nothing here prints.
+The Python API, the CLI and the evaluation harness call these functions; nothing here prints.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ from typing import Any
 import torch
 
 from gradmem_cli import __version__
-from gradmem_cli.documents import Document, split_segments
 from gradmem_cli.errors import GradmemError
-from gradmem_cli.memfile import MemoryFile, MemoryHeader
-from gradmem_cli.models import ALIASES, Fingerprint, LoadedModel, kv_bytes_per_token, load_model, model_shape
-from gradmem_cli.read import Reader, memory_prefix, reconstruct
-from gradmem_cli.write import StepStats, WriteConfig, write_segments
+from gradmem_cli.lm.fingerprint import Fingerprint, kv_bytes_per_token, model_shape
+from gradmem_cli.lm.generate import Answer, Reader, reconstruct, with_context
+from gradmem_cli.lm.loading import ALIASES, LoadedModel, load_model
+from gradmem_cli.memory.documents import Document, split_segments
+from gradmem_cli.memory.memfile import MemoryFile, MemoryHeader
+from gradmem_cli.writers.base import SegmentResult, StepStats, writer_for
+from gradmem_cli.writers.config import ResolvedWrite, WriteConfig
 
 
 @dataclass
@@ -41,28 +43,28 @@ class WriteReport:
         return dataclasses.asdict(self)
 
 
-@dataclass
-class _Pending:
-    doc: Document
-    tokens: int
-    first: int  # index of the document's first segment in the global list
-    count: int
-    started: float
-    results: dict[int, Any]
-
-
-def _header(lm: LoadedModel, doc: Document, tokens: int, cfg: WriteConfig, results: list) -> MemoryHeader:
+def provenance(lm: LoadedModel) -> dict[str, Any]:
+    """Which model, in which dtype, with which library versions: recorded in every memory file and
+    every evaluation result."""
     import transformers
 
+    return {"model": lm.spec, "model_fingerprint": dataclasses.asdict(lm.fingerprint), "dtype": lm.dtype_name,
+            "gradmem_version": __version__, "torch_version": torch.__version__,
+            "transformers_version": transformers.__version__}
+
+
+def _header(lm: LoadedModel, doc: Document, tokens: int, cfg: ResolvedWrite, results: list[SegmentResult]
+            ) -> MemoryHeader:
+    made = provenance(lm)
     return MemoryHeader(
-        gradmem_version=__version__,
+        gradmem_version=made["gradmem_version"],
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        model_id=lm.spec,
-        model_fingerprint=dataclasses.asdict(lm.fingerprint),
+        model_id=made["model"],
+        model_fingerprint=made["model_fingerprint"],
         tokenizer_fingerprint=lm.fingerprint.tokenizer,
         model_shape=model_shape(lm.model.config),
         hidden_size=lm.hidden_size,
-        dtype=lm.dtype_name,
+        dtype=made["dtype"],
         mem_tokens=cfg.mem_tokens,
         segment_tokens=cfg.segment_tokens,
         tokens_per_segment=[r.tokens for r in results],
@@ -74,15 +76,34 @@ def _header(lm: LoadedModel, doc: Document, tokens: int, cfg: WriteConfig, resul
         accuracy=[round(r.accuracy, 6) for r in results],
         source={"name": doc.path.name if doc.path else doc.name, "sha256": doc.sha256,
                 "bytes": doc.nbytes, "tokens": tokens},
-        torch_version=torch.__version__,
-        transformers_version=transformers.__version__,
+        torch_version=made["torch_version"],
+        transformers_version=made["transformers_version"],
     )
+
+
+def write_segments(lm: LoadedModel, segments: list[list[int]], cfg: WriteConfig,
+                   on_step: Callable[[StepStats], None] | None = None) -> Iterator[SegmentResult]:
+    """Token segments into memories, with the writer that ``cfg`` resolves to for ``lm``; results
+    come as segments finish (any order)."""
+    return writer_for(cfg.resolve(lm)).write(lm, segments, on_step)
+
+
+@dataclass
+class _Pending:
+    """A document whose segments are being written."""
+
+    doc: Document
+    tokens: int
+    first: int  # index of the document's first segment in the global list
+    count: int
+    started: float = 0.0
+    results: dict[int, SegmentResult] = dataclasses.field(default_factory=dict)
 
 
 def memorize(
     lm: LoadedModel,
     docs: list[Document],
-    cfg: WriteConfig,
+    cfg: ResolvedWrite,
     on_step: Callable[[Document, int, StepStats], None] | None = None,
 ) -> Iterator[tuple[Document, MemoryFile, WriteReport]]:
     """Write every document into a memory, batching segments across documents.
@@ -90,17 +111,14 @@ def memorize(
     Yields each document as soon as all its segments are written, so callers can save files
     one by one during a long folder run. ``on_step(doc, segment_in_doc, stats)`` reports progress.
     """
-    cfg = cfg.resolve(lm)
     flat: list[list[int]] = []
     owner: list[_Pending] = []
-    pendings = []
     for doc in docs:
         ids = lm.tokenize(doc.text)
         if not ids:
             raise GradmemError(f"{doc.name} has no tokens")
         segs = split_segments(ids, cfg.segment_tokens)
-        pending = _Pending(doc, len(ids), len(flat), len(segs), 0.0, {})
-        pendings.append(pending)
+        pending = _Pending(doc, len(ids), len(flat), len(segs))
         flat.extend(segs)
         owner.extend([pending] * len(segs))
 
@@ -111,7 +129,7 @@ def memorize(
         if on_step:
             on_step(p.doc, stats.index - p.first, stats)
 
-    for result in write_segments(lm, flat, cfg, forward):
+    for result in writer_for(cfg).write(lm, flat, forward):
         p = owner[result.index]
         p.results[result.index] = result
         if len(p.results) < p.count:
@@ -125,6 +143,9 @@ def memorize(
             accuracy=header.accuracy,
         )
         yield p.doc, MemoryFile(memory=memory, header=header), report
+
+
+# --- reading ------------------------------------------------------------------------------------
 
 
 def reader_model_spec(memfile: MemoryFile, model: str | None) -> str:
@@ -158,31 +179,32 @@ def load_reader_model(memfile: MemoryFile, model: str | None, device: str = "aut
 
 
 def check_model(lm: LoadedModel, memfile: MemoryFile) -> None:
-    """Refuse to read a memory with a model other than the one that wrote it."""
+    """Refuse to read a memory with a model other than the one that wrote it, or one whose window
+    cannot hold its segments."""
     header = memfile.header
+    name = memfile.path or "this memory"
     stored = Fingerprint.from_dict(header.model_fingerprint)
     reason = stored.mismatch(lm.fingerprint)
     if reason is None and header.hidden_size != lm.hidden_size:
         reason = "hidden size differs"
-    longest = len(lm.prefix_ids) + header.mem_tokens + max(header.tokens_per_segment)
-    if reason is None and longest > lm.window:
-        raise GradmemError(f"{memfile.path or 'this memory'}: a segment of {max(header.tokens_per_segment)} tokens "
-                           f"after {header.mem_tokens} vectors does not fit the model's window of {lm.window}")
     if reason:
-        name = memfile.path or "this memory"
         raise GradmemError(
             f"model mismatch: {name} was written with '{header.model_id}' ({stored.short}), "
             f"not '{lm.spec}' ({lm.fingerprint.short}): {reason}"
         )
+    if len(lm.prefix_ids) + header.mem_tokens + max(header.tokens_per_segment) > lm.window:
+        raise GradmemError(f"{name}: a segment of {max(header.tokens_per_segment)} tokens after {header.mem_tokens} "
+                           f"vectors does not fit the model's window of {lm.window}")
 
 
 def open_reader(lm: LoadedModel, memfile: MemoryFile, use_cache: bool = True) -> Reader:
+    """A reader with the whole memory (every segment, in order) before each prompt."""
     check_model(lm, memfile)
     vectors = memfile.memory.shape[0] * memfile.memory.shape[1]
     if len(lm.prefix_ids) + vectors >= lm.window:
         raise GradmemError(f"{memfile.path or 'this memory'}: its {vectors} vectors leave no room for a question "
                            f"in the model's window of {lm.window}")
-    return Reader(lm, memory_prefix(lm, memfile.memory), use_cache=use_cache)
+    return Reader(lm, memfile.memory, use_cache=use_cache)
 
 
 def rebuild(lm: LoadedModel, memfile: MemoryFile) -> list[int]:
@@ -190,6 +212,32 @@ def rebuild(lm: LoadedModel, memfile: MemoryFile) -> list[int]:
     check_model(lm, memfile)
     segments = reconstruct(lm, memfile.memory, memfile.header.tokens_per_segment)
     return [t for seg in segments for t in seg]
+
+
+def rebuild_text(lm: LoadedModel, memfile: MemoryFile) -> str:
+    return lm.decode(rebuild(lm, memfile))
+
+
+@dataclass
+class Asker:
+    """Answers questions about one memory: reading its vectors (``via="memory"``), or first rebuilding
+    its text and reading that as the full context (``via="text"``)."""
+
+    reader: Reader
+    context: str | None = None  # the rebuilt text (via text)
+    rebuild_seconds: float | None = None
+
+    def answer(self, question: str, **generation: Any) -> Answer:
+        prompt = question if self.context is None else with_context(self.context, question)
+        return self.reader.answer(prompt, **generation)
+
+
+def open_asker(lm: LoadedModel, memfile: MemoryFile, via: str = "memory", use_cache: bool = True) -> Asker:
+    if via == "memory":
+        return Asker(open_reader(lm, memfile, use_cache=use_cache))
+    start = time.perf_counter()
+    text = rebuild_text(lm, memfile)
+    return Asker(Reader(lm, None), text, round(time.perf_counter() - start, 4))
 
 
 def compare(lm: LoadedModel, rebuilt: list[int], source_text: str) -> dict[str, Any]:

@@ -72,7 +72,7 @@ def _right_answers(question: str, context: str) -> set[str]:
     raise AssertionError(f"unknown question form: {question}")
 
 
-@pytest.mark.parametrize("task", sorted(babi.TASKS))
+@pytest.mark.parametrize("task", sorted(babi.VARIANTS))
 def test_every_question_has_exactly_one_right_answer(task):
     for context, questions in babi.stories(task, 300, seed=3):
         assert questions
@@ -80,7 +80,7 @@ def test_every_question_has_exactly_one_right_answer(task):
             assert _right_answers(question, context) == {answer}, (context, question, answer)
 
 
-@pytest.mark.parametrize("task", sorted(babi.TASKS))
+@pytest.mark.parametrize("task", sorted(babi.VARIANTS))
 def test_dataset_is_reproducible_one_word_answers(task):
     examples = babi.dataset(task, 30, seed=0)
     assert examples == babi.dataset(task, 30, seed=0)

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import FAST
-from gradmem_cli import memfile
+from gradmem_cli.memory import memfile
 
 TEXT = "Mira Okafor keeps the old lighthouse on Gull Point."
 
@@ -262,7 +262,7 @@ def test_bad_gmem_files(run, tmp_path, written, tiny_model):
 
 
 def test_interrupted_write_leaves_no_file(run, doc, tiny_model, tmp_path, monkeypatch):
-    import gradmem_cli.write as write_mod
+    import gradmem_cli.objectives.reconstruct as write_mod
 
     calls = {"n": 0}
     real = write_mod.token_stats
@@ -319,8 +319,8 @@ def test_float16_storage_rebuilds(run, doc, tiny_model, tmp_path):
 
 
 def test_ask_via_text_equals_full_context(run, written, tiny_model):
-    from gradmem_cli.models import load_model
-    from gradmem_cli.read import Reader, with_context
+    from gradmem_cli.lm.loading import load_model
+    from gradmem_cli.lm.generate import Reader, with_context
 
     result = run("ask", written, "Who keeps it?", "--via", "text", "--max-new-tokens", "6", "--json", "-m", tiny_model)
     assert result.code == 0, result.err

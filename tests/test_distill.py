@@ -2,10 +2,13 @@
 
 import json
 
-from gradmem_cli import memfile
-from gradmem_cli.distill import build_probes, probe_questions, sentences
-from gradmem_cli.models import load_model
-from gradmem_cli.write import WriteConfig, memory_forward, shared_prompt_forward, write_segments
+from gradmem_cli.memory import memfile
+from gradmem_cli.objectives.distill import build_probes, probe_questions, sentences
+from gradmem_cli.lm.loading import load_model
+from gradmem_cli.engine import write_segments
+from gradmem_cli.lm.memlm import pad
+from gradmem_cli.objectives.distill import shared_prompt_forward
+from gradmem_cli.writers.config import WriteConfig
 
 TEXT = "Mary went to the kitchen. John picked up the apple. The apple is in the garden."
 
@@ -42,8 +45,9 @@ def test_shared_prompt_forward_matches_full_rows(tiny_chat_model):
     owner = [b for b in range(2) for _ in probes.answers]
     seqs = [p + a for _ in range(2) for p, a in zip(probes.prompts, probes.answers)]
     starts = [len(p) for _ in range(2) for p in probes.prompts]
-    full, _, _ = memory_forward(lm, [mems[b] for b in owner], seqs)
-    shared, index = shared_prompt_forward(lm, mems, owner, seqs, starts)
+    ids, mask = pad(seqs)
+    full = lm.forward(torch.stack([mems[b] for b in owner]), ids, mask)
+    shared, index = shared_prompt_forward(lm, torch.stack(mems), owner, seqs, starts)
     assert all(i < s - 1 for i, s in zip(index, starts))  # some prompt tokens were shared
     picks = [(full[i, s:len(q)], shared[i, j:j + len(q) - s]) for i, (q, s, j) in enumerate(zip(seqs, starts, index))]
     for a, b in picks:

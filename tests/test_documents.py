@@ -2,7 +2,7 @@
 
 import pytest
 
-from gradmem_cli.documents import read_inputs, split_segments
+from gradmem_cli.memory.documents import read_inputs, split_segments
 from gradmem_cli.errors import GradmemError
 
 

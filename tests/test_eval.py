@@ -6,8 +6,13 @@ import pytest
 
 from conftest import FAST
 from gradmem_cli.errors import GradmemError
-from gradmem_cli.evaluate import f1_to_full_context, gap_closed
-from gradmem_cli.tasks import babi, data
+from gradmem_cli.evaluation.harness import f1_to_full_context, gap_closed
+from gradmem_cli.tasks import babi, get_task
+from gradmem_cli.tasks.base import Options
+
+
+def load(task, data, limit, seed, **options):
+    return get_task(task).load(data, limit, seed, Options(**options))
 
 
 def test_gap_closed():
@@ -37,7 +42,7 @@ def test_babi_qa1_answer_is_last_location():
 
 
 def test_builtin_squad_answers_are_spans():
-    ds = data.load("squad", None, None, seed=0)
+    ds = load("squad", None, None, seed=0)
     assert len(ds.examples) >= 30
     for ex in ds.examples:
         assert all(a in ex.context for a in ex.answers)
@@ -51,7 +56,7 @@ def test_squad_v11_json_is_converted(tmp_path):
              "answers": [{"text": "Paris", "answer_start": 0}]}]}]}]}
     path = tmp_path / "dev-v1.1.json"
     path.write_text(json.dumps(squad))
-    (ex,) = data.load("squad", path, None, seed=0).examples
+    (ex,) = load("squad", path, None, seed=0).examples
     assert ex.id == "q1" and ex.answers == ["Paris"] and ex.context.startswith("Paris")
 
 
@@ -59,37 +64,37 @@ def test_jsonl_errors_name_the_line(tmp_path):
     path = tmp_path / "qa.jsonl"
     path.write_text('{"context": "c", "question": "q?", "answers": ["a"]}\n\n{"context": "c", "question": "q"}\n')
     with pytest.raises(GradmemError, match=r"qa.jsonl line 3: 'answers'"):
-        data.load("qa", path, None, seed=0)
+        load("qa", path, None, seed=0)
     path.write_text('{"context": "c", "question": "q?", "answers": ["a"]}\nnot json\n')
     with pytest.raises(GradmemError, match="line 2: not valid JSON"):
-        data.load("qa", path, None, seed=0)
+        load("qa", path, None, seed=0)
     path.write_text('{"context": "!ab:cd!|", "query": "?!ab:", "target": "cd!|"}\n{"context": "x", "query": "y", "target": "z"}\n')
     with pytest.raises(GradmemError, match="line 2: not in the kv format"):
-        data.load("kv", path, None, seed=0)
+        load("kv", path, None, seed=0)
     path.write_text('{"text": "hello"}\n{"text": ""}\n')
     with pytest.raises(GradmemError, match="line 2: 'text'"):
-        data.load("recon", path, None, seed=0)
+        load("recon", path, None, seed=0)
 
 
 def test_data_errors(tmp_path):
     with pytest.raises(GradmemError, match="no such file"):
-        data.load("qa", tmp_path / "none.jsonl", None, seed=0)
+        load("qa", tmp_path / "none.jsonl", None, seed=0)
     with pytest.raises(GradmemError, match="unknown task"):
-        data.load("mmlu", None, None, seed=0)
+        load("mmlu", None, None, seed=0)
     with pytest.raises(GradmemError, match="--limit"):
-        data.load("kv", None, 0, seed=0)
+        load("kv", None, 0, seed=0)
     empty = tmp_path / "e.jsonl"
     empty.write_text("\n")
     with pytest.raises(GradmemError, match="is empty"):
-        data.load("qa", empty, None, seed=0)
+        load("qa", empty, None, seed=0)
 
 
 def test_generators_respect_seed_and_limit():
-    a = data.load("kv", None, 5, seed=1, pairs=4).examples
-    assert len(a) == 5 and a == data.load("kv", None, 5, seed=1, pairs=4).examples
-    assert a != data.load("kv", None, 5, seed=2, pairs=4).examples
-    assert len(data.load("babi", None, 7, seed=0, babi_task="qa3").examples) == 7
-    assert len(data.load("recon", None, 3, seed=0).examples) == 3
+    a = load("kv", None, 5, seed=1, pairs=4).examples
+    assert len(a) == 5 and a == load("kv", None, 5, seed=1, pairs=4).examples
+    assert a != load("kv", None, 5, seed=2, pairs=4).examples
+    assert len(load("babi", None, 7, seed=0, variant="qa3").examples) == 7
+    assert len(load("recon", None, 3, seed=0).examples) == 3
 
 
 def test_tiny_eval_end_to_end(run, tiny_chat_model, tmp_path):

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import FAST
-from gradmem_cli import memfile
+from gradmem_cli.memory import memfile
 
 TEXT = "Mira Okafor keeps the old lighthouse on Gull Point."
 

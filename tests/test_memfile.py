@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gradmem_cli import memfile
+from gradmem_cli.memory import memfile
 from gradmem_cli.errors import GradmemError
 
 

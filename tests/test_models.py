@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from gradmem_cli import models
+from gradmem_cli.lm import loading as models
 from gradmem_cli.errors import GradmemError
-from gradmem_cli.models import Fingerprint, embedding_signature, load_model
+from gradmem_cli.lm.fingerprint import Fingerprint, embedding_signature
+from gradmem_cli.lm.loading import load_model
 
 
 def test_fingerprint_survives_dtype_but_not_other_weights(tiny_model, other_tiny_model):

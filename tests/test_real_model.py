@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from gradmem_cli import memfile
+from gradmem_cli.memory import memfile
 
 pytestmark = [
     pytest.mark.slow,
@@ -63,7 +63,7 @@ def test_gguf_converted_once(real_memory, monkeypatch):
     """The second load of the default model reads the cached safetensors, not the GGUF."""
     import transformers
 
-    from gradmem_cli.models import load_model
+    from gradmem_cli.lm.loading import load_model
 
     load_model(quiet=True)
     real = transformers.AutoModelForCausalLM.from_pretrained

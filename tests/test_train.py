@@ -8,25 +8,30 @@ import random
 import pytest
 import torch
 
-from gradmem_cli import metamodel
-from gradmem_cli import train as training
+from gradmem_cli.cli.commands import _parse_steps
+from gradmem_cli.training import config as training_config
+from gradmem_cli.training import loop as training
+from gradmem_cli.training import model as metamodel
 from gradmem_cli.errors import UsageError
-from gradmem_cli.tasks import kv
-from gradmem_cli.writer import read_logits, write_memory
+from gradmem_cli.tasks import get_task, kv
+from gradmem_cli.tasks.base import Options
+from gradmem_cli.writers.learned import write_memory
+
+KV_TASK = get_task("kv")
 
 # A model small enough that float64 finite differences and 20-step runs take seconds.
 TINY = {"layers": 1, "hidden": 16, "heads": 2, "ffn": 32, "mem_tokens": 2, "pairs": 1, "batch_size": 4,
         "eval_samples": 16, "eval_batch_size": 16, "warmup_steps": 0, "log_every": 1, "threads": 1}
 
 
-def tiny_config(tmp_path, **changes) -> training.TrainConfig:
-    return training.TrainConfig(**{"out": str(tmp_path / "run"), **TINY, **changes}).validate()
+def tiny_config(tmp_path, **changes) -> training_config.TrainConfig:
+    return training_config.TrainConfig(**{"out": str(tmp_path / "run"), **TINY, **changes}).validate()
 
 
-def _model(cfg: training.TrainConfig, dtype=torch.float64):
+def _model(cfg: training_config.TrainConfig, dtype=torch.float64):
     model, tokenizer = metamodel.build(cfg, torch.device("cpu"))
     model.to(dtype)
-    batch = metamodel.encode(tokenizer, kv.dataset(cfg.pairs, 3, seed=1))
+    batch = metamodel.encode(tokenizer, KV_TASK, KV_TASK.load(None, 3, 1, Options(pairs=cfg.pairs)).examples)
     return model, batch
 
 
@@ -72,9 +77,9 @@ def test_grad_modes_differ_as_documented(tmp_path):
     assert none["writer.m0"] is None and none["writer.write_head.weight"] is None
     # first: M_K = M0 - alpha * sum(g) with g constant, so dL/dM0 = sum over the batch of dL/dM_K;
     # the write head gets nothing (it only shapes g).
-    trace = write_memory(model.lm, model.writer, batch.ctx, batch.ctx_mask, grad_mode="none")
+    trace = write_memory(model.mlm, model.writer, batch.ctx, batch.ctx_mask, grad_mode="none")
     memory = trace.memory.clone().requires_grad_(True)
-    logits = read_logits(model.lm, model.writer, memory, batch.read)
+    logits = model.mlm.forward(memory, batch.read)
     read_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1))
     (d_memory,) = torch.autograd.grad(read_loss, memory)
     assert torch.allclose(first["writer.m0"], d_memory.sum(0))
@@ -141,19 +146,19 @@ def test_twenty_step_run_lowers_the_outer_loss(tmp_path):
 
 
 def test_batches_are_a_function_of_step():
-    cfg = training.TrainConfig(batch_size=3)
+    cfg = training_config.TrainConfig(batch_size=3)
     assert training.train_samples(cfg, 7, 0, 4) == training.train_samples(cfg, 7, 0, 4)
     assert training.train_samples(cfg, 7, 0, 4) != training.train_samples(cfg, 8, 0, 4)
     assert training.train_samples(cfg, 7, 0, 4) != training.train_samples(cfg, 7, 1, 4)
-    held_out = {s.context for s in training.eval_samples(training.TrainConfig(eval_samples=200), 4)}
+    held_out = {s.context for s in training.eval_samples(training_config.TrainConfig(eval_samples=200), 4)}
     assert not held_out & {s.context for step in range(50) for s in training.train_samples(cfg, step, 0, 4)}
 
 
 def test_exact_match_counts_only_the_value(tmp_path):
-    from gradmem_cli.chartok import build_char_tokenizer
+    from gradmem_cli.training.chartok import build_char_tokenizer
 
     tok = build_char_tokenizer()
-    batch = metamodel.encode(tok, [kv.generate(2, random.Random(0))])
+    batch = metamodel.encode(tok, KV_TASK, [KV_TASK.train_example(random.Random(0), Options(pairs=2))])
     logits = torch.zeros(*batch.read.shape, len(tok))
     logits.scatter_(2, batch.read[..., None], 1.0)
     wrong_tail = logits.clone()
@@ -170,23 +175,23 @@ def test_exact_match_counts_only_the_value(tmp_path):
 def test_config_file_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("pairs: 16\ncurriculum: [4, 8]\ninner_lr: 0.1\n")
-    cfg = training.load_config(path, ["inner_steps=5", "lr=1e-4", "out=runs/x", "inner_lr=1"])
+    cfg = training_config.load_config(path, ["inner_steps=5", "lr=1e-4", "out=runs/x", "inner_lr=1"])
     assert (cfg.pairs, cfg.curriculum, cfg.inner_steps, cfg.lr, cfg.out, cfg.inner_lr) == (
         16, [4, 8], 5, 1e-4, "runs/x", 1.0)
     with pytest.raises(UsageError, match="unknown field"):
         path.write_text("pairz: 3\n")
-        training.load_config(path)
+        training_config.load_config(path)
     with pytest.raises(UsageError, match="pairs must be int"):
-        training.load_config(None, ["pairs=many"])
+        training_config.load_config(None, ["pairs=many"])
     with pytest.raises(UsageError, match="curriculum"):
-        training.load_config(None, ["curriculum=[8, 4]", "pairs=16"])
+        training_config.load_config(None, ["curriculum=[8, 4]", "pairs=16"])
 
 
 def test_parse_steps():
-    assert metamodel.parse_steps("1-4") == [1, 2, 3, 4]
-    assert metamodel.parse_steps("1,5") == [1, 5]
+    assert _parse_steps("1-4") == [1, 2, 3, 4]
+    assert _parse_steps("1,5") == [1, 5]
     with pytest.raises(UsageError):
-        metamodel.parse_steps("a-b")
+        _parse_steps("a-b")
 
 
 def test_warm_start_from_a_checkpoint(tmp_path):

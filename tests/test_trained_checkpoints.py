@@ -9,12 +9,14 @@ import pytest
 import torch
 from conftest import invoke
 
-from gradmem_cli import memfile
-from gradmem_cli.chartok import build_char_tokenizer
-from gradmem_cli.models import load_model
+from gradmem_cli.memory import memfile
+from gradmem_cli.training.chartok import build_char_tokenizer
+from gradmem_cli.lm.loading import load_model
 from gradmem_cli.tasks import kv
-from gradmem_cli.write import WriteConfig, write_segments
-from gradmem_cli.writer import write_memory
+from gradmem_cli.tasks.base import Options
+from gradmem_cli.engine import write_segments
+from gradmem_cli.writers.config import WriteConfig
+from gradmem_cli.writers.learned import write_memory
 
 TINY = ["--set", "layers=1", "--set", "hidden=16", "--set", "heads=2", "--set", "ffn=32", "--set", "pairs=2",
         "--set", "batch_size=4", "--set", "eval_samples=8", "--set", "max_steps=4", "--set", "eval_every=2",
@@ -75,12 +77,14 @@ def test_write_uses_the_learned_writer(checkpoints, run, tmp_path):
 
 def test_learned_write_matches_training(checkpoints):
     """The engine's write gives the memory the training harness reads (same M0, K, alpha, head)."""
-    from gradmem_cli import metamodel
+    from gradmem_cli.tasks import get_task
+    from gradmem_cli.training import model as metamodel
 
     lm = load_model(str(checkpoints["gradmem"]), device="cpu")
     samples = kv.dataset(2, 3, seed=5)
-    batch = metamodel.encode(lm.tokenizer, samples)
-    trained = write_memory(lm.model, lm.writer, batch.ctx, batch.ctx_mask).memory
+    examples = get_task("kv").load(None, 3, 5, Options(pairs=2)).examples
+    batch = metamodel.encode(lm.tokenizer, get_task("kv"), examples)
+    trained = write_memory(lm, lm.writer, batch.ctx, batch.ctx_mask).memory
     results = sorted(write_segments(lm, [lm.tokenize(s.context) for s in samples], WriteConfig()),
                      key=lambda r: r.index)
     assert torch.allclose(torch.stack([r.memory for r in results]), trained, atol=1e-5)

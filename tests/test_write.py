@@ -2,9 +2,11 @@
 
 import torch
 
-from gradmem_cli.models import load_model
-from gradmem_cli.read import reconstruct
-from gradmem_cli.write import WriteConfig, initial_memory, write_segments
+from gradmem_cli.lm.loading import load_model
+from gradmem_cli.lm.generate import reconstruct
+from gradmem_cli.engine import write_segments
+from gradmem_cli.writers.config import ResolvedWrite, WriteConfig
+from gradmem_cli.writers.optimizer import initial_memory
 
 TEXT = "Mira Okafor keeps the old lighthouse on Gull Point and writes the weather."
 
@@ -72,10 +74,10 @@ def test_initial_memory_choices(tiny_model):
     lm = load_model(tiny_model, device="cpu")
     ids = lm.tokenize(TEXT)[:3]
     gen = torch.Generator().manual_seed(0)
-    tokens = initial_memory(lm, ids, WriteConfig(init="tokens"), gen)
+    tokens = initial_memory(lm, ids, WriteConfig(init="tokens").resolve(lm), gen)
     emb = lm.model.get_input_embeddings().weight
     assert torch.equal(tokens[3], emb[ids[0]])  # cycled: the 4th vector is token 0 again
-    random = initial_memory(lm, ids, WriteConfig(init="random"), gen)
+    random = initial_memory(lm, ids, WriteConfig(init="random").resolve(lm), gen)
     assert random.shape == (8, lm.hidden_size)
     assert abs(random.std().item() - emb.std().item()) < 0.3 * emb.std().item()
 
@@ -98,7 +100,7 @@ def test_sgd_optimizer_runs(tiny_model):
 
 
 def test_cosine_schedule():
-    cfg = WriteConfig(lr=0.1, steps=100, warmup=0.1)
+    cfg = ResolvedWrite(lr=0.1, steps=100, warmup=0.1, schedule="cosine")
     assert cfg.lr_at(0) < cfg.lr_at(9) == 0.1
     assert abs(cfg.lr_at(55) - 0.05) < 1e-9 and cfg.lr_at(100) == 0.0
-    assert WriteConfig(schedule="constant", lr=0.1).lr_at(77) == 0.1
+    assert ResolvedWrite(schedule="constant", lr=0.1, steps=100).lr_at(77) == 0.1

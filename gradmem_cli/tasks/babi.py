@@ -22,6 +22,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from pathlib import Path
+
+from gradmem_cli.errors import GradmemError
+from gradmem_cli.tasks.base import DEFAULT_LIMIT, Dataset, Example, Options, Task, file_source
+from gradmem_cli.tasks.qa import load_qa
 
 PEOPLE = ["Mary", "John", "Daniel", "Sandra"]
 GIVERS = ["Bill", "Fred", "Jeff", "Mary"]
@@ -163,14 +168,14 @@ def _qa5(rng: random.Random) -> Story | None:
     return world.sentences, questions
 
 
-TASKS: dict[str, Callable[[random.Random], Story | None]] = {
+VARIANTS: dict[str, Callable[[random.Random], Story | None]] = {
     "qa1": _qa1, "qa2": _qa2, "qa3": _qa3, "qa4": _qa4, "qa5": _qa5,
 }
 
 
 def story(task: str, rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
     """One story of a bAbI task: its text and every (question, answer) it answers unambiguously."""
-    make = TASKS[task]
+    make = VARIANTS[task]
     while True:
         drawn = make(rng)
         if drawn is not None and drawn[1]:
@@ -181,8 +186,8 @@ def story(task: str, rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
 def stories(task: str, count: int, seed: int, split: str = "eval") -> list[tuple[str, list[tuple[str, str]]]]:
     """``count`` stories, reproducible from ``seed``; ``split`` names a separate random stream, so
     the ``train`` stories are drawn independently of the ``eval`` ones for the same seed."""
-    if task not in TASKS:
-        raise ValueError(f"unknown bAbI task '{task}' (use {', '.join(TASKS)})")
+    if task not in VARIANTS:
+        raise ValueError(f"unknown bAbI task '{task}' (use {', '.join(VARIANTS)})")
     rng = random.Random(f"babi-{task}-{seed}" if split == "eval" else f"babi-{split}-{task}-{seed}")
     return [story(task, rng) for _ in range(count)]
 
@@ -195,3 +200,18 @@ def dataset(task: str, count: int, seed: int) -> list[dict[str, object]]:
         question, answer = questions[rng.randrange(len(questions))]
         out.append({"context": context, "question": question, "answers": [answer]})
     return out
+
+
+class Babi(Task):
+    name = "babi"
+    help = "bAbI qa1-qa5 stories, generated here (--task qa1..qa5)"
+    instruction = " Answer with one word."
+
+    def examples(self, data: Path | None, limit: int | None, seed: int, options: Options) -> Dataset:
+        if data is not None:
+            return Dataset(load_qa(data), file_source(data))
+        if options.variant not in VARIANTS:
+            raise GradmemError(f"unknown bAbI task '{options.variant}' (use {', '.join(VARIANTS)})")
+        items = dataset(options.variant, limit or DEFAULT_LIMIT, seed)
+        return Dataset([Example(f"{options.variant}-{i}", str(r["context"]), str(r["question"]), list(r["answers"]))
+                        for i, r in enumerate(items)], {"generator": "babi", "task": options.variant, "seed": seed})

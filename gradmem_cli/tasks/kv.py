@@ -10,6 +10,11 @@ from __future__ import annotations
 import random
 import string
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gradmem_cli.errors import GradmemError
+from gradmem_cli.tasks.base import DEFAULT_LIMIT, Dataset, Example, Options, Task, file_source, read_jsonl
 
 ALPHABET = string.ascii_letters + string.digits  # the paper's 62 characters ("V62")
 SYMBOLS = "!?:|"
@@ -67,3 +72,50 @@ def parse(record: dict, where: str) -> KVSample:
             and sample.target.endswith("!|") and len(sample.target) == VALUE_CHARS + 2):
         raise ValueError(f"{where}: not in the kv format (context '!KK:VV!...|', query '?!KK:', target 'VV!|')")
     return sample
+
+
+def load_kv(path: Path) -> list[Example]:
+    """Samples from a JSONL file in the paper's format (one {context, query, target} per line)."""
+    examples = []
+    for i, (where, record) in enumerate(read_jsonl(path)):
+        try:
+            sample = parse(record, where)
+        except ValueError as exc:
+            raise GradmemError(str(exc)) from None
+        examples.append(_example(str(record.get("id", i)), sample))
+    return examples
+
+
+def _example(id_: str, sample: KVSample) -> Example:
+    return Example(id=id_, context=sample.context, question=sample.query, answers=[sample.target])
+
+
+class KV(Task):
+    name = "kv"
+    help = "the paper's key-value retrieval, generated (--pairs N)"
+    main_metric = "em_tf"
+    max_new_tokens = 4
+    template = False  # queries are read as they are: ?!KK: -> VV!|
+    data_help = "JSONL {context, query, target} in the paper's format"
+
+    def examples(self, data: Path | None, limit: int | None, seed: int, options: Options) -> Dataset:
+        if data is not None:
+            return Dataset(load_kv(data), file_source(data))
+        samples = dataset(options.pairs, limit or DEFAULT_LIMIT, seed)
+        return Dataset([_example(str(i), s) for i, s in enumerate(samples)],
+                       {"generator": "kv", "pairs": options.pairs, "seed": seed})
+
+    def train_example(self, rng: random.Random, options: Options) -> Example:
+        return _example("", generate(options.pairs, rng))
+
+    def user_text(self, ex: Example, context: str | None) -> str:
+        return ex.question if context is None else context + ex.question
+
+    def target(self, tokenizer: Any, ex: Example) -> tuple[list[int], list[bool]]:
+        """The target ``VV!|``; exact match is scored on the value characters alone (as in the paper)."""
+        enc = tokenizer(ex.answers[0], add_special_tokens=False, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [start < VALUE_CHARS for start, _ in enc["offset_mapping"]]
+
+    def score(self, answer: str, ex: Example, hits: list[bool]) -> dict[str, float]:
+        value = ex.answers[0][:VALUE_CHARS]
+        return {"em_tf": float(all(hits)), "em": float(answer.lstrip()[:VALUE_CHARS] == value)}

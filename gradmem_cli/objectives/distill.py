@@ -18,13 +18,20 @@ forward/backward of ``[memory; probe; answer]`` per probe.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from gradmem_cli.models import LoadedModel
-from gradmem_cli.read import Reader, prompt_ids, with_context
+from gradmem_cli.lm.generate import Reader, prompt_ids, with_context
+from gradmem_cli.lm.memlm import pad
+from gradmem_cli.objectives.base import Objective, Segment, Stats
+
+if TYPE_CHECKING:
+    from gradmem_cli.lm.loading import LoadedModel
+    from gradmem_cli.writers.config import ResolvedWrite
 
 TOP_K = 32
 QUESTION_PROMPT = "Write three short questions that can be answered from the text above, one per line."
@@ -61,21 +68,16 @@ def probe_questions(lm: LoadedModel, text: str, limit: int) -> list[str]:
 def build_probes(lm: LoadedModel, text: str, limit: int, answer_tokens: int) -> ProbeSet:
     """Ask the teacher (text in the prompt) every probe and keep its answer distributions."""
     teacher = Reader(lm, None)
-    prefix = teacher.prefix
     out = ProbeSet([], [], [], [], [])
     for question in probe_questions(lm, text, limit):
         answer = teacher.answer(with_context(text, question), max_new_tokens=answer_tokens)
         ids = answer.ids
         if not ids:
             continue
-        context = prompt_ids(lm, with_context(text, question))
-        seq = torch.tensor([context + ids], device=lm.device)
-        embeds = lm.embed(seq)
-        if prefix is not None:
-            embeds = torch.cat([prefix, embeds], dim=1)
+        seq = torch.tensor([prompt_ids(lm, with_context(text, question)) + ids], device=lm.device)
         with torch.no_grad():
-            logits = lm.model(inputs_embeds=embeds, logits_to_keep=len(ids) + 1, use_cache=False).logits[0, :-1]
-        logp = torch.log_softmax(logits.float(), dim=-1)
+            logits = lm.forward(None, seq)[0, -len(ids):]
+        logp = torch.log_softmax(logits, dim=-1)
         top = logp.topk(TOP_K, dim=-1)
         out.prompts.append(prompt_ids(lm, question))
         out.answers.append(ids)
@@ -83,6 +85,32 @@ def build_probes(lm: LoadedModel, text: str, limit: int, answer_tokens: int) -> 
         out.top_logp.append(top.values)
         out.questions.append(question)
     return out
+
+
+def shared_prompt_forward(lm: LoadedModel, memories: torch.Tensor, owner: list[int], seqs: list[list[int]],
+                          starts: list[int]) -> tuple[torch.Tensor, list[int]]:
+    """Logits for the tokens from ``starts[i]`` on of each row ``[prefix; M_owner[i]; seqs[i]]``, running
+    the rows' common leading tokens (the chat template's system turn, before the question) once per
+    memory instead of once per row.
+
+    Pass 1 runs ``[prefix; M_b; shared]`` for each memory b and keeps its KV cache (with its graph);
+    the cache is gathered to the rows and pass 2 runs each row's rest on top of it. Returns the
+    logits of pass 2 and, per row, the index in them that predicts token ``starts[i]``; the values
+    are those of ``lm.forward`` on the full rows.
+    """
+    from transformers import DynamicCache
+
+    shared = min(len(os.path.commonprefix(seqs)), min(starts) - 1)
+    common = torch.tensor([seqs[0][:shared]] * memories.shape[0], dtype=torch.long, device=lm.device)
+    head = lm.frame(memories, common if shared else None)
+    cache = DynamicCache(config=lm.model.config)
+    lm.model(inputs_embeds=head, cache=cache, use_cache=True, logits_to_keep=1)
+    cache.reorder_cache(torch.tensor(owner, dtype=torch.long, device=lm.device))
+    ids, mask = pad([s[shared:] for s in seqs], lm.device)
+    attention = torch.cat([torch.ones((len(seqs), head.shape[1]), dtype=torch.long, device=lm.device),
+                           mask.long()], dim=1)
+    logits = lm.model(inputs_embeds=lm.embed(ids), attention_mask=attention, cache=cache, use_cache=True).logits
+    return logits, [start - shared - 1 for start in starts]
 
 
 def distill_stats(logits: torch.Tensor, rows: list[tuple[ProbeSet, int]], starts: list[int]):
@@ -101,3 +129,39 @@ def distill_stats(logits: torch.Tensor, rows: list[tuple[ProbeSet, int]], starts
         with torch.no_grad():
             agree.append((logq.argmax(-1) == idx[:, 0]).float().mean())
     return torch.stack(losses), torch.stack(agree)
+
+
+class Distill(Objective):
+    name = "distill"
+    help = ("the model with [memory; probe] answers like the model with [text; probe] (stops once greedy decoding "
+            "agrees with the teacher's answers at --target-acc)")
+    # It rarely reaches full agreement with the teacher, so its step count is its budget: 40 steps
+    # of 6 probes x 24 tokens is the setting measured in README ("Objectives").
+    default_steps = 40
+
+    def prepare(self, lm: LoadedModel, segment: Segment, cfg: ResolvedWrite) -> None:
+        segment.prepared = build_probes(lm, lm.decode(segment.ids), cfg.probes, cfg.probe_tokens)
+
+    def cost(self, lm: LoadedModel, segment: Segment, cfg: ResolvedWrite) -> int:
+        probes = segment.prepared
+        before = len(lm.prefix_ids) + cfg.mem_tokens
+        return sum(len(p) + len(a) + before for p, a in zip(probes.prompts, probes.answers))
+
+    def stats(self, lm: LoadedModel, memories: torch.Tensor, segments: list[Segment], cfg: ResolvedWrite) -> Stats:
+        """KL to the teacher over the probe answers and greedy agreement with it, averaged over each
+        segment's probes; no margin (inf). A segment whose teacher gave no answer has nothing to learn."""
+        rows = [(b, seg.prepared, k) for b, seg in enumerate(segments) for k in range(len(seg.prepared.answers))]
+        count = len(segments)
+        kl = torch.zeros(count, device=lm.device)
+        agree = torch.ones(count, device=lm.device)
+        if rows:
+            owner = [b for b, _, _ in rows]
+            seqs = [p.prompts[k] + p.answers[k] for _, p, k in rows]
+            logits, starts = shared_prompt_forward(lm, memories, owner, seqs, [len(p.prompts[k]) for _, p, k in rows])
+            row_kl, row_agree = distill_stats(logits, [(p, k) for _, p, k in rows], starts)
+            index = torch.tensor(owner, device=lm.device)
+            counts = torch.zeros(count, device=lm.device).index_add(0, index, torch.ones_like(row_kl))
+            kl = torch.zeros(count, device=lm.device).index_add(0, index, row_kl) / counts.clamp(min=1)
+            summed = torch.zeros_like(agree).index_add(0, index, row_agree)
+            agree = torch.where(counts > 0, summed / counts.clamp(min=1), agree)
+        return Stats(kl, agree, torch.full_like(kl, float("inf")))

@@ -1,8 +1,10 @@
-"""READ: answer from ``[memory; prompt]`` and rebuild the text from memory alone.
+"""READ: answer from ``[prefix; memory; prompt]``, rebuild a text from memory alone, and check a
+gold continuation teacher-forced.
 
-The memory prefix (the tokenizer's BOS if any, then every segment's vectors in order) goes
-through the model once; its KV cache is copied for each question, so asking many questions
-pays for the prefix once. Generation is Hugging Face ``generate`` with ``inputs_embeds``.
+The framed memory (the tokenizer's BOS if any, then every segment's vectors in order) goes through
+the model once; its KV cache is copied for each question, so asking many questions pays for the
+memory once. Generation is Hugging Face ``generate`` with ``inputs_embeds``; without memory the
+same prefix starts the prompt, so every condition shares one framing.
 """
 
 from __future__ import annotations
@@ -11,27 +13,12 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from gradmem_cli.models import LoadedModel
-
-
-def memory_prefix(lm: LoadedModel, memory: torch.Tensor | None) -> torch.Tensor | None:
-    """``[prefix ids; M_1; ...; M_S]`` as input embeddings ``[1, P + S*m, d]`` in the model's dtype.
-
-    Without memory this is just the tokenizer's BOS (if any), the start every condition shares;
-    None when that is empty too.
-    """
-    parts = []
-    if lm.prefix_ids:
-        parts.append(lm.embed(torch.tensor(lm.prefix_ids, dtype=torch.long)))
-    if memory is not None:
-        memory = memory.reshape(-1, memory.shape[-1]).to(lm.device)
-        if lm.writer is not None:  # a trained checkpoint reads its memory through its projection
-            memory = lm.writer.read_input(memory)
-        parts.append(memory.to(lm.dtype))
-    return torch.cat(parts).unsqueeze(0) if parts else None
+if TYPE_CHECKING:
+    from gradmem_cli.lm.loading import LoadedModel
 
 
 def with_context(context: str, question: str) -> str:
@@ -61,18 +48,15 @@ def prompt_ids(lm: LoadedModel, user_text: str, template: bool = True) -> list[i
     return ids
 
 
-def target_hits(lm: LoadedModel, prefix: torch.Tensor | None, prompt: list[int], target: list[int]) -> list[bool]:
+def target_hits(lm: LoadedModel, memory: torch.Tensor | None, prompt: list[int], target: list[int]) -> list[bool]:
     """Teacher-forced check of a gold continuation: is each target token the argmax given
-    ``[prefix; prompt; target before it]``? (The paper's exact-match metric.)"""
+    ``[prefix; memory; prompt; target before it]``? (The paper's exact-match metric.)"""
     ids = torch.tensor([prompt + target], dtype=torch.long, device=lm.device)
-    embeds = lm.embed(ids)
-    if prefix is not None:
-        embeds = torch.cat([prefix, embeds], dim=1)
-    if embeds.shape[1] == len(target):
+    if memory is None and not lm.prefix_ids and not prompt:
         raise ValueError("the first target token needs something before it to be predicted from")
     with torch.no_grad():
-        logits = lm.model(inputs_embeds=embeds, logits_to_keep=len(target) + 1, use_cache=False).logits
-    predicted = logits[0, :-1].argmax(-1).tolist()
+        logits = lm.forward(None if memory is None else memory.reshape(1, -1, memory.shape[-1]), ids)
+    predicted = logits[0, len(prompt):].argmax(-1).tolist()
     return [p == t for p, t in zip(predicted, target)]
 
 
@@ -114,22 +98,23 @@ class _Streamer:
 
 
 class Reader:
-    """Answers prompts that follow a fixed prefix of input embeddings (memory, or nothing).
+    """Answers prompts read after a fixed memory (every segment's vectors in order), or after no
+    memory at all.
 
-    With ``use_cache`` (the default) the prefix is run through the model once and its KV cache
-    reused for every prompt; without it each prompt recomputes the prefix (for checking).
+    With ``use_cache`` (the default) the framed memory is run through the model once and its KV
+    cache reused for every prompt; without it each prompt recomputes it (for checking).
     """
 
-    def __init__(self, lm: LoadedModel, prefix: torch.Tensor | None, use_cache: bool = True):
+    def __init__(self, lm: LoadedModel, memory: torch.Tensor | None, use_cache: bool = True):
         self.lm = lm
-        self.prefix = prefix
+        self.memory = None if memory is None else memory.reshape(1, -1, memory.shape[-1])
         self.cache = None
-        if use_cache and prefix is not None and prefix.shape[1] > 0:
+        if use_cache and self.memory is not None:
             from transformers import DynamicCache
 
             self.cache = DynamicCache(config=lm.model.config)
             with torch.no_grad():
-                lm.model(inputs_embeds=prefix, cache=self.cache, use_cache=True)
+                lm.model(inputs_embeds=lm.frame(self.memory), cache=self.cache, use_cache=True)
 
     def answer(
         self,
@@ -142,9 +127,7 @@ class Reader:
     ) -> Answer:
         lm = self.lm
         ids = torch.tensor([prompt_ids(lm, user_text, template)], dtype=torch.long, device=lm.device)
-        embeds = lm.embed(ids)
-        if self.prefix is not None:
-            embeds = torch.cat([self.prefix, embeds], dim=1)
+        embeds = lm.frame(self.memory, ids if ids.shape[1] else None)
         kwargs: dict = {}
         if self.cache is not None:
             kwargs["cache"] = copy.deepcopy(self.cache)
@@ -176,7 +159,7 @@ def reconstruct(lm: LoadedModel, memory: torch.Tensor, lengths: list[int]) -> li
 
     Decoding runs exactly ``lengths[s]`` tokens (no stop token), all segments as one batch.
     """
-    rows = torch.cat([memory_prefix(lm, memory[s : s + 1]) for s in range(memory.shape[0])])
+    rows = lm.frame(memory)
     with torch.no_grad():
         out = lm.model.generate(
             inputs_embeds=rows,

@@ -10,8 +10,8 @@ A writer turns a context into ``m`` memory vectors that the backbone later reads
   states at the trailing m positions, through an optional linear map, are the new memory
   (repeated K times, each pass feeding the last memory back).
 
-Both the training loop and ``gradmem write`` call :func:`write_memory`, so a checkpoint is written
-exactly as it was trained. On disk a writer is two files beside the Hugging Face model files:
+Both the training loop and ``gradmem write`` (:mod:`writers.trained`) call :func:`write_memory`,
+so a checkpoint is written exactly as it was trained. On disk a writer is two files beside the Hugging Face model files:
 ``gradmem_writer.json`` (:class:`WriterConfig`) and ``gradmem_writer.safetensors`` (``m0``,
 ``write_head.weight``, ``mem_proj.weight``/``mem_proj.bias`` when present).
 """
@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from gradmem_cli.errors import GradmemError
+from gradmem_cli.lm.memlm import MemoryLM, token_loss
 
 WRITER_JSON = "gradmem_writer.json"
 WRITER_WEIGHTS = "gradmem_writer.safetensors"
@@ -155,66 +155,9 @@ def load_writer(folder: Path | str, hidden: int, vocab: int, device: torch.devic
     return writer
 
 
-def _upcast(logits: torch.Tensor) -> torch.Tensor:
-    """Losses are computed in at least float32 (bfloat16 logits are upcast; float64 stays)."""
-    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
-
-
-def _backbone_hidden(model: Any, embeds: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """Last-layer hidden states (after the final norm) of a causal LM for ``inputs_embeds``."""
-    out = model.base_model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
-    return out.last_hidden_state
-
-
-def _frame(prefix: torch.Tensor | None, parts: list[torch.Tensor]) -> torch.Tensor:
-    if prefix is not None and prefix.shape[0]:
-        parts = [prefix.unsqueeze(0).expand(parts[0].shape[0], -1, -1), *parts]
-    return torch.cat(parts, dim=1)
-
-
-def _mask(mask: torch.Tensor, before: int) -> torch.Tensor | None:
-    """A 2-D attention mask for ``before`` always-visible positions then ``mask``; None if no padding."""
-    if bool(mask.all()):
-        return None
-    ones = torch.ones(mask.shape[0], before, dtype=torch.long, device=mask.device)
-    return torch.cat([ones, mask.long()], dim=1)
-
-
-def write_logits(
-    model: Any, writer: LearnedWriter, memory: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
-    prefix: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Logits [B, L, V] (at least float32) predicting each token of ``ids`` from ``[prefix; memory; ids before it]``.
-
-    The last memory position predicts the first token. Logits come from the write head if the
-    writer has one, else from the LM head; padding (``mask`` False) is masked from attention.
-    """
-    dtype = model.get_input_embeddings().weight.dtype
-    mem = writer.read_input(memory).to(dtype)
-    embeds = _frame(prefix, [mem, model.get_input_embeddings()(ids)])
-    before = embeds.shape[1] - ids.shape[1]
-    hidden = _backbone_hidden(model, embeds, _mask(mask, before))[:, before - 1: -1]
-    head = writer.write_head if writer.write_head is not None else model.get_output_embeddings()
-    return _upcast(head(hidden))
-
-
-def write_loss(
-    model: Any, writer: LearnedWriter, memory: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
-    prefix: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Per-row mean next-token cross-entropy of ``ids`` over its real tokens (see write_logits)."""
-    logits = write_logits(model, writer, memory, ids, mask, prefix)
-    ce = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")
-    real = mask.float()
-    return (ce * real).sum(1) / real.sum(1).clamp(min=1)
-
-
-def _rmt_pass(model: Any, writer: LearnedWriter, memory: torch.Tensor, ids: torch.Tensor,
-              prefix: torch.Tensor | None) -> torch.Tensor:
-    dtype = model.get_input_embeddings().weight.dtype
-    mem = memory.to(dtype)
-    embeds = _frame(prefix, [mem, model.get_input_embeddings()(ids), mem])
-    out = _backbone_hidden(model, embeds, None)[:, -memory.shape[1]:]
+def _rmt_pass(mlm: MemoryLM, writer: LearnedWriter, memory: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """One forward rewrite: ``[prefix; M; context; M]``; the trailing m states become the memory."""
+    out = mlm.hidden(mlm.frame(memory, ids, after=memory))[:, -memory.shape[1]:]
     return writer.mem_proj(out) if writer.mem_proj is not None else out
 
 
@@ -227,19 +170,19 @@ class WriteTrace:
 
 
 def write_memory(
-    model: Any,
+    mlm: MemoryLM,
     writer: LearnedWriter,
     ids: torch.Tensor,
     mask: torch.Tensor,
     steps: int | None = None,
     inner_lr: float | None = None,
     grad_mode: str = "none",
-    prefix: torch.Tensor | None = None,
 ) -> WriteTrace:
     """Write each row of ``ids`` [B, L] (right-padded, ``mask`` True on real tokens) into memory.
 
-    ``steps`` and ``inner_lr`` default to the writer's K and alpha. ``grad_mode`` says how much
-    of the write stays differentiable for an outer loss:
+    ``mlm`` is the backbone as a :class:`MemoryLM` whose projection is this writer's. ``steps``
+    and ``inner_lr`` default to the writer's K and alpha. ``grad_mode`` says how much of the write
+    stays differentiable for an outer loss:
 
     - ``none``: the memory is detached after every step (M0 gets no gradient; the backbone
       learns only through READ). Also what inference uses.
@@ -260,7 +203,7 @@ def write_memory(
         if not bool(mask.all()):
             raise ValueError("rmt writes need rows of equal length")
         for _ in range(steps):
-            memory = _rmt_pass(model, writer, memory, ids, prefix)
+            memory = _rmt_pass(mlm, writer, memory, ids)
             if grad_mode == "none":
                 memory = memory.detach()
         return WriteTrace(memory, losses)
@@ -268,22 +211,10 @@ def write_memory(
         if grad_mode == "none" or not memory.requires_grad:
             memory = memory.detach().requires_grad_(True)
         with torch.enable_grad():
-            loss = write_loss(model, writer, memory, ids, mask, prefix)
+            loss = token_loss(mlm.forward(memory, ids, mask, head=writer.write_head), ids, mask)
             (grad,) = torch.autograd.grad(loss.sum(), memory, create_graph=grad_mode == "second")
         losses.append(loss.detach())
         memory = memory - inner_lr * grad
     if grad_mode == "none":
         memory = memory.detach()
     return WriteTrace(memory, losses)
-
-
-def read_logits(model: Any, writer: LearnedWriter, memory: torch.Tensor, ids: torch.Tensor,
-                prefix: torch.Tensor | None = None) -> torch.Tensor:
-    """LM logits (at least float32) for every token of ``ids`` [B, L] read after ``[prefix; memory]``.
-
-    Position j holds the prediction of token j: the last memory slot predicts the first token.
-    """
-    embeds = model.get_input_embeddings()(ids)
-    mem = writer.read_input(memory).to(embeds.dtype)
-    logits = model(inputs_embeds=_frame(prefix, [mem, embeds]), use_cache=False, logits_to_keep=ids.shape[1] + 1).logits
-    return _upcast(logits[:, :-1])

@@ -1,8 +1,7 @@
-"""Model loading: Hugging Face ids, local directories, GGUF files and the default model.
+"""Model loading: aliases of packaged GGUF files, Hugging Face ids, local folders and GGUF files.
 
-Every loaded model carries a :class:`Fingerprint` (architecture config, tokenizer, a checksum of
-the input-embedding matrix). Each ``.gmem`` records it and every reader checks it, so a memory is
-never silently read by a model it was not written for.
+A loaded model is frozen, carries its :class:`Fingerprint`, and never runs code that comes with
+it. A checkpoint of ``gradmem train`` also carries its learned writer.
 """
 
 from __future__ import annotations
@@ -12,9 +11,9 @@ import hashlib
 import importlib.util
 import io
 import json
-import math
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,10 @@ from typing import Any
 import torch
 
 from gradmem_cli.errors import GradmemError
-from gradmem_cli.writer import has_writer, load_writer
+from gradmem_cli.lm.dtypes import dtype_name, resolve_dtype
+from gradmem_cli.lm.fingerprint import Fingerprint, compute_fingerprint, config_hash, kv_bytes_per_token, model_shape
+from gradmem_cli.lm.memlm import MemoryLM
+from gradmem_cli.writers.learned import LearnedWriter, has_writer, load_writer
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -54,21 +56,6 @@ ALIASES: dict[str, PackagedGGUF] = {
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     ),
 }
-
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-
-# Architecture fields that identify a model; volatile keys (paths, versions, dtype) are left out.
-_CONFIG_KEYS = (
-    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-    "head_dim", "intermediate_size", "vocab_size", "max_position_embeddings", "rope_theta",
-    "rope_parameters", "tie_word_embeddings", "hidden_act", "rms_norm_eps", "layer_norm_eps",
-    "n_embd", "n_layer", "n_head",
-)
-
 
 def default_model() -> str:
     """The model used when ``--model`` is not given: ``$GRADMEM_MODEL`` or the packaged SmolLM2."""
@@ -108,107 +95,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_dtype(name: str) -> torch.dtype:
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise GradmemError(f"unknown dtype '{name}' (use {', '.join(DTYPES)})") from None
+class LoadedModel(MemoryLM):
+    """A frozen causal LM ready for WRITE and READ, with what the memory file needs to know.
 
-
-def _sha16(payload: str | bytes) -> str:
-    data = payload.encode() if isinstance(payload, str) else payload
-    return hashlib.sha256(data).hexdigest()[:16]
-
-
-@dataclass
-class Fingerprint:
-    """What identifies a model for reading a memory.
-
-    ``config`` and ``tokenizer`` are hashes that must match exactly. ``embedding`` is a numeric
-    signature of the input-embedding matrix (mean, std and four fixed random projections); it is
-    compared with a tolerance so that the same weights loaded in float32, bfloat16 or float16
-    still match, while different weights do not.
+    ``writer`` is a :class:`LearnedWriter` when the folder is a trained checkpoint (``gradmem
+    train``); its memory projection then applies wherever memory enters the model.
     """
 
-    config: str
-    tokenizer: str
-    embedding: list[float]
-
-    @property
-    def short(self) -> str:
-        return f"{self.config[:8]}/{self.tokenizer[:8]}"
-
-    def mismatch(self, other: Fingerprint) -> str | None:
-        """Why ``other`` is a different model, or None when it is the same one."""
-        if self.config != other.config:
-            return "architecture config differs"
-        if self.tokenizer != other.tokenizer:
-            return "tokenizer differs"
-        a, b = self.embedding, other.embedding
-        if len(a) != len(b):
-            return "embedding checksum differs"
-        std = max(abs(a[1]), 1e-12)
-        if abs(a[0] - b[0]) > 0.01 * std or abs(a[1] - b[1]) > 0.01 * std:
-            return "embedding weights differ"
-        scale = a[2]
-        for x, y in zip(a[3:], b[3:]):
-            if abs(x - y) > 0.01 * scale:
-                return "embedding weights differ"
-        return None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Fingerprint:
-        return cls(config=str(data["config"]), tokenizer=str(data["tokenizer"]),
-                   embedding=[float(x) for x in data["embedding"]])
-
-
-def embedding_signature(weight: torch.Tensor) -> list[float]:
-    """``[mean, std, scale, p1..p4]`` of the embedding matrix; see :class:`Fingerprint`."""
-    w = weight.detach().to("cpu", torch.float64)
-    vocab, dim = w.shape
-    gen = torch.Generator().manual_seed(1234)
-    proj_dirs = torch.randn(dim, 4, generator=gen, dtype=torch.float64)
-    row_signs = torch.randn(vocab, 4, generator=gen, dtype=torch.float64)
-    projections = (row_signs * (w @ proj_dirs)).sum(0)
-    std = w.std().item()
-    scale = std * math.sqrt(vocab * dim)  # the size of a projection of random weights
-    values = [w.mean().item(), std, scale, *projections.tolist()]
-    return [float(f"{v:.8g}") for v in values]
-
-
-def config_hash(config: Any) -> str:
-    """16 hex digits over the architecture fields of a model config (see :class:`Fingerprint`)."""
-    cfg = config.to_dict()
-    arch = {k: cfg[k] for k in _CONFIG_KEYS if k in cfg and cfg[k] is not None}
-    return _sha16(json.dumps(arch, sort_keys=True, default=str))
-
-
-def compute_fingerprint(model: torch.nn.Module, tokenizer: Any) -> Fingerprint:
-    vocab = sorted(tokenizer.get_vocab().items())
-    tok_id = {
-        "vocab": vocab,
-        "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
-        "chat_template": getattr(tokenizer, "chat_template", None),
-    }
-    return Fingerprint(
-        config=config_hash(model.config),
-        tokenizer=_sha16(json.dumps(tok_id, sort_keys=True, default=str)),
-        embedding=embedding_signature(model.get_input_embeddings().weight),
-    )
-
-
-@dataclass
-class LoadedModel:
-    """A frozen causal LM ready for WRITE and READ, with what the memory file needs to know."""
-
-    spec: str
-    model: Any
-    tokenizer: Any
-    device: torch.device
-    dtype: torch.dtype
-    fingerprint: Fingerprint
-    prefix_ids: list[int]  # special tokens the tokenizer puts before a text (e.g. BOS); may be empty
-    writer: Any = None  # a writer.LearnedWriter when the folder is a trained checkpoint (gradmem train)
+    def __init__(self, spec: str, model: Any, tokenizer: Any, fingerprint: Fingerprint, prefix_ids: list[int],
+                 writer: LearnedWriter | None = None):
+        super().__init__(model, prefix_ids, writer.read_input if writer is not None else None)
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.fingerprint = fingerprint
+        self.writer = writer
 
     @property
     def hidden_size(self) -> int:
@@ -221,10 +121,7 @@ class LoadedModel:
 
     @property
     def dtype_name(self) -> str:
-        return next(k for k, v in DTYPES.items() if v == self.dtype)
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.get_input_embeddings()(ids.to(self.device))
+        return dtype_name(self.dtype)
 
     def kv_bytes_per_token(self) -> int:
         """Bytes one token occupies in this model's KV cache (keys and values, all layers)."""
@@ -238,20 +135,6 @@ class LoadedModel:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
-def model_shape(config: Any) -> dict[str, int]:
-    """Layer count, KV heads and head size: what the KV-cache size of a text depends on."""
-    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
-    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head")
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd")
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
-    return {"layers": int(layers), "kv_heads": int(kv_heads), "head_dim": int(head_dim), "hidden": int(hidden)}
-
-
-def kv_bytes_per_token(shape: dict[str, int], element_bytes: int) -> int:
-    return 2 * shape["layers"] * shape["kv_heads"] * shape["head_dim"] * element_bytes
-
-
 def _prefix_ids(tokenizer: Any) -> list[int]:
     """The special tokens the tokenizer itself adds before a text (BOS for Llama-3, Gemma...)."""
     probe = "gradmem probe"
@@ -261,6 +144,11 @@ def _prefix_ids(tokenizer: Any) -> list[int]:
         if full[start:start + len(plain)] == plain:
             return full[:start]
     return []
+
+
+def alias_installed(alias: PackagedGGUF) -> bool:
+    """Whether every package of an alias is installed (its files are checked when it loads)."""
+    return all(importlib.util.find_spec(package) is not None for package, _ in alias.files)
 
 
 def _package_file(package: str, inner: str, alias: PackagedGGUF) -> Path:
@@ -323,9 +211,7 @@ def _converted_gguf_dir(gguf: Path, quiet: bool) -> Path:
 
     _quiet_hf()
     if not quiet:
-        from gradmem_cli.progress import console
-
-        console.print(f"[dim]converting {gguf.name} to safetensors once (cached in {target.parent})[/dim]")
+        print(f"converting {gguf.name} to safetensors once (cached in {target.parent})", file=sys.stderr, flush=True)
     try:
         # transformers' GGUF reader draws a tqdm bar that no setting turns off.
         with contextlib.redirect_stderr(io.StringIO()):
@@ -435,13 +321,5 @@ def load_model(
     if isinstance(source, Path) and has_writer(source):
         writer = load_writer(source, int(model.get_input_embeddings().weight.shape[1]),
                              int(model.get_output_embeddings().weight.shape[0]), torch_device, torch_dtype)
-    return LoadedModel(
-        spec=record_id,
-        model=model,
-        tokenizer=tokenizer,
-        device=torch_device,
-        dtype=torch_dtype,
-        fingerprint=compute_fingerprint(model, tokenizer),
-        prefix_ids=_prefix_ids(tokenizer),
-        writer=writer,
-    )
+    return LoadedModel(record_id, model, tokenizer, compute_fingerprint(model, tokenizer), _prefix_ids(tokenizer),
+                       writer)

@@ -23,11 +23,11 @@ from typing import Any, get_type_hints
 import torch
 
 from gradmem_cli.errors import GradmemError
-from gradmem_cli.fileio import FileState, atomic_write_bytes, check_regular_file
+from gradmem_cli.lm.dtypes import DTYPES
+from gradmem_cli.memory.fileio import FileState, atomic_write_bytes, check_regular_file
 
 FORMAT_NAME = "gradmem.memory"
 FORMAT_VERSION = "1.0"
-STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -93,7 +93,7 @@ class MemoryHeader:
 MAX_TOKENS = 1 << 20  # per segment; a model's own window bounds it further when it is read
 MAX_SIZE = 1 << 16  # memory vectors per segment, hidden size, layers, heads
 MAX_SEGMENTS = 1 << 20
-_DTYPE_NAMES = tuple(STORE_DTYPES)
+_DTYPE_NAMES = tuple(DTYPES)
 
 
 def _is_int(value: Any, lo: int, hi: int) -> bool:
@@ -185,7 +185,7 @@ def save(path: Path, memory: torch.Tensor, header: MemoryHeader, expected: FileS
 
     if memory.dim() != 3 or memory.shape[0] != header.segments:
         raise ValueError(f"memory shape {tuple(memory.shape)} does not match {header.segments} segments")
-    if memory.dtype not in STORE_DTYPES.values():
+    if memory.dtype not in DTYPES.values():
         raise ValueError(f"memory dtype {memory.dtype} cannot be stored")
     data = save({"memory": memory.detach().to("cpu").contiguous()}, metadata=header.to_metadata())
     try:

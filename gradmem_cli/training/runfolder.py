@@ -5,7 +5,7 @@ Layout::
     config.yaml            the resolved TrainConfig (a resume must agree with it)
     command.txt            every command line that started or resumed the run
     train.log              human-readable log; metrics.jsonl: one JSON record per log/eval
-    checkpoints/step-N/    model/ (a checkpoint folder, metamodel.save_model) and state/ (resume
+    checkpoints/step-N/    model/ (a checkpoint folder, ``model.save_model``) and state/ (resume
                            only: optimizer and RNG tensors in safetensors, step/stage/best in JSON)
     latest                 the name of the newest complete checkpoint
     best/                  the checkpoint folder with the best held-out EM at the final pair count
@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gradmem_cli.errors import UsageError
-from gradmem_cli.metamodel import MetaModel, save_model
+from gradmem_cli.training.model import MetaModel, save_model
 
 if TYPE_CHECKING:
-    from gradmem_cli.train import TrainConfig
+    from gradmem_cli.training.config import TrainConfig
 
 # Fields a resumed run may change; any other difference from the saved config is refused.
 RESUMABLE_CHANGES = {"max_steps", "eval_every", "log_every", "threads", "keep_checkpoints", "stop_em",

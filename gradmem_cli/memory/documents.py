@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gradmem_cli.errors import GradmemError
-from gradmem_cli.fileio import check_regular_file
+from gradmem_cli.memory.fileio import check_regular_file
 
 
 @dataclass

@@ -38,6 +38,13 @@ def f1(prediction: str, answers: list[str]) -> float:
     return best
 
 
+def contains(prediction: str, answers: list[str]) -> float:
+    """1.0 when a normalised gold answer appears in the normalised prediction as whole words: a right
+    answer in a sentence ("Mary is in the kitchen.") counts, which F1 against one word does not."""
+    pred = f" {normalize_answer(prediction)} "
+    return float(any(normalize_answer(a) and f" {normalize_answer(a)} " in pred for a in answers))
+
+
 def token_accuracy(predicted: list[int], reference: list[int]) -> float:
     """Share of reference tokens reproduced at the same position."""
     if not reference:

@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
-from gradmem_cli.progress import console
+from gradmem_cli.cli.progress import console
 
 
 def _human_bytes(n: int) -> str:

@@ -1,0 +1,346 @@
+"""The ``gradmem`` commands: parse options, call the engine, print.
+
+Data goes to stdout, progress and errors to stderr. Heavy imports (transformers) happen inside
+the commands, after ``--offline`` has set ``HF_HUB_OFFLINE``, which Hugging Face reads at import
+time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from gradmem_cli import __version__
+from gradmem_cli.cli.options import (
+    DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OfflineOpt, QuietOpt, ReadDtypeOpt, ReadModelOpt, SeedOpt, emit_json,
+    setup, write_json_lines, write_options,
+)
+from gradmem_cli.errors import GradmemError, UsageError
+from gradmem_cli.tasks import TASKS
+from gradmem_cli.writers.config import WriteConfig
+
+app = typer.Typer(
+    help="Write documents into a few memory vectors by test-time gradient descent; answer from them later.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.command()
+@write_options
+def write(
+    inputs: Annotated[list[str], typer.Argument(help="Text files, folders (their *.txt) or - for stdin.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output .gmem, or a folder for several inputs "
+                                                   "or a folder input [default: next to each input]")] = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    cfg: WriteConfig = None,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing .gmem files (never any other file).")] = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    offline: OfflineOpt = False,
+) -> None:
+    """Write text into memory vectors and save them as .gmem files (the text itself is not stored)."""
+    setup(offline)
+    from gradmem_cli import engine
+    from gradmem_cli.cli.progress import console, write_progress
+    from gradmem_cli.lm.loading import load_model
+    from gradmem_cli.memory import memfile
+    from gradmem_cli.memory.documents import read_inputs
+    from gradmem_cli.memory.outputs import claim_outputs, output_paths
+
+    docs = read_inputs(inputs)
+    paths = output_paths(inputs, docs, output)
+    states = claim_outputs(docs, paths, force)
+    lm = load_model(model, device=device, dtype=dtype, quiet=quiet)
+    cfg = cfg.resolve(lm)
+    out_of = {id(d): (p, state) for d, p, state in zip(docs, paths, states)}
+    reports = []
+    with write_progress(quiet) as progress:
+        for doc, mem, report in engine.memorize(lm, docs, cfg, progress.on_step):
+            path, state = out_of[id(doc)]
+            memfile.save(path, mem.memory, mem.header, expected=state)
+            report.output = str(path)
+            reports.append(report)
+            progress.finished(doc, report.segments)
+            if not quiet and cfg.init != "learned" and min(report.accuracy) < cfg.target_acc:
+                console.print(f"[yellow]warning:[/yellow] {doc.name}: not every segment reached "
+                              f"--target-acc {cfg.target_acc} in {cfg.steps} steps (accuracy {report.accuracy})")
+    if json_out:
+        emit_json({"files": [r.to_dict() for r in reports]})
+    elif not quiet:
+        for r in reports:
+            console.print(f"{r.input} -> {r.output}: {r.tokens} tokens, {r.segments} segment(s), "
+                          f"steps {r.steps}, accuracy {r.accuracy}, {r.seconds:.1f} s")
+
+
+@app.command()
+def ask(
+    file: Annotated[Path, typer.Argument(help="A .gmem memory file.")],
+    question: Annotated[str, typer.Argument(help="The question, or - to read one question per line from stdin.")],
+    model: ReadModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: ReadDtypeOpt = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 128,
+    temperature: Annotated[float, typer.Option(help="0 = greedy; above 0 samples.")] = 0.0,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute the memory prefix for every question.")] = False,
+    via: Annotated[str, typer.Option(help="memory: read the vectors directly; text: first rebuild the text from "
+                                     "memory (greedy), then answer with it in the prompt.")] = "memory",
+    seed: SeedOpt = 0,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    offline: OfflineOpt = False,
+) -> None:
+    """Answer a question from a memory file alone (the source text is not needed)."""
+    setup(offline)
+    if max_new_tokens < 1:
+        raise UsageError("--max-new-tokens must be at least 1")
+    if temperature < 0:
+        raise UsageError("--temperature must be 0 or more")
+    if via not in ("memory", "text"):
+        raise UsageError("--via must be memory or text")
+    from gradmem_cli import engine
+    from gradmem_cli.memory import memfile
+
+    questions = [q.strip() for q in sys.stdin] if question == "-" else [question.strip()]
+    questions = [q for q in questions if q]
+    if not questions:
+        raise GradmemError("no question given")
+    mem = memfile.load(file)
+    lm = engine.load_reader_model(mem, model, device, dtype, quiet)
+    asker = engine.open_asker(lm, mem, via, use_cache=not no_cache)
+
+    def stream(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    for q in questions:
+        answer = asker.answer(q, max_new_tokens=max_new_tokens, temperature=temperature,
+                              on_text=None if json_out else stream, seed=seed)
+        if json_out:
+            emit_json({"file": str(file), "question": q, "answer": answer.text, "model": lm.spec, "via": via,
+                       "rebuild_seconds": asker.rebuild_seconds, "tokens": answer.tokens,
+                       "seconds": round(answer.seconds, 4),
+                       "first_token_seconds": None if answer.first_token_seconds is None
+                       else round(answer.first_token_seconds, 4)})
+        else:
+            stream("\n")
+
+
+@app.command("inspect")
+def inspect_(
+    file: Annotated[Path, typer.Argument(help="A .gmem memory file.")],
+    reconstruct: Annotated[bool, typer.Option("--reconstruct", help="Rebuild the text from memory alone (loads the model).")] = False,
+    against: Annotated[Optional[Path], typer.Option(help="Compare the rebuilt text with this source file (implies --reconstruct).")] = None,
+    model: ReadModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: ReadDtypeOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    offline: OfflineOpt = False,
+) -> None:
+    """Show a memory file's metadata and sizes; optionally rebuild its text from memory."""
+    setup(offline)
+    from gradmem_cli import engine
+    from gradmem_cli.memory import memfile
+    from gradmem_cli.memory.documents import read_document
+
+    mem = memfile.load(file)
+    source_text = read_document(against).text if against else None
+    result: dict = {"file": str(file), "header": dataclasses.asdict(mem.header),
+                    "sizes": engine.sizes(mem, file.stat().st_size)}
+    if reconstruct or against:
+        lm = engine.load_reader_model(mem, model, device, dtype, quiet)
+        rebuilt = engine.rebuild(lm, mem)
+        result["reconstruction"] = {"text": lm.decode(rebuilt)}
+        if source_text is not None:
+            result["reconstruction"].update(engine.compare(lm, rebuilt, source_text))
+    if json_out:
+        emit_json(result)
+        return
+    from gradmem_cli.cli.views import show_inspect
+
+    show_inspect(result)
+
+
+def _parse_conditions(value: str, task: str) -> tuple[str, ...]:
+    from gradmem_cli.evaluation.harness import CONDITIONS
+
+    chosen = tuple(c.strip() for c in value.split(",") if c.strip())
+    if task == "recon" and "via-text" in chosen:
+        raise UsageError("--conditions via-text does not apply to recon (it is the memory condition there)")
+    unknown = [c for c in chosen if c not in CONDITIONS]
+    if unknown or not chosen:
+        raise UsageError(f"--conditions takes a comma-separated list of {', '.join(CONDITIONS)}")
+    return tuple(c for c in CONDITIONS if c in chosen)
+
+
+TASK_HELP = "; ".join(f"{t.name}: {t.help}" for t in TASKS.values())
+DATA_HELP = "; ".join(f"{t.name}: {t.data_help}" for t in TASKS.values())
+
+
+@app.command("eval")
+@write_options
+def eval_(
+    task: Annotated[str, typer.Argument(help=f"The task. {TASK_HELP}.")],
+    data: Annotated[Optional[Path], typer.Option(help=f"Your own data instead of the built-in set. {DATA_HELP}.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Use at most N examples (generators draw N; default 20).")] = None,
+    pairs: Annotated[int, typer.Option(help="kv generator: key-value pairs per context.")] = 8,
+    variant: Annotated[str, typer.Option("--task", help="babi generator: qa1..qa5.")] = "qa1",
+    conditions: Annotated[str, typer.Option(help="Comma-separated: memory, no-context, full-context, and "
+                                            "via-text (rebuild the text from memory, then answer with it).")]
+    = "memory,no-context,full-context",
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Most tokens per generated answer [default: the task's: "
+                                                          + ", ".join(f"{t.name} {t.max_new_tokens}" for t in TASKS.values()
+                                                                      if t.name != "recon")
+                                                          + "; recon the text's length].")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also save the result JSON here.")] = None,
+    log_samples: Annotated[Optional[Path], typer.Option(help="Write one JSON line per example "
+                                                        "(inputs, outputs, scores) here.")] = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    cfg: WriteConfig = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    offline: OfflineOpt = False,
+) -> None:
+    """Evaluate memory against no-context and full-context answers on a task; same seed, same numbers."""
+    setup(offline)
+    chosen = _parse_conditions(conditions, task)
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise UsageError("--max-new-tokens must be at least 1")
+    from gradmem_cli import engine
+    from gradmem_cli.cli.progress import make_progress
+    from gradmem_cli.evaluation.harness import EvalOptions, evaluate
+    from gradmem_cli.lm.loading import load_model
+    from gradmem_cli.memory.outputs import check_writable
+    from gradmem_cli.tasks import get_task
+    from gradmem_cli.tasks.base import Options
+
+    for path in (output, log_samples):
+        if path is not None:
+            check_writable(path.parent if str(path.parent) else Path("."))
+    spec = get_task(task)
+    dataset = spec.load(data, limit, cfg.seed, Options(pairs=pairs, variant=variant))
+    lm = load_model(model, device=device, dtype=dtype, quiet=quiet)
+    cfg = cfg.resolve(lm)
+    opts = EvalOptions(conditions=chosen, max_new_tokens=max_new_tokens)
+    samples: list[dict] = []
+    with make_progress(quiet) as progress:
+        bars = {c: progress.add_task(c, total=len(dataset.examples), status="") for c in chosen}
+        result = evaluate(lm, spec, dataset, cfg, opts, on_progress=lambda c, done: progress.update(bars[c], completed=done),
+                          on_sample=samples.append)
+    result["config"] = {
+        "task": task, "data": dataset.source, "limit": limit, "pairs": pairs if task == "kv" else None,
+        "babi_task": variant if task == "babi" else None, "conditions": list(chosen),
+        "max_new_tokens": max_new_tokens or spec.max_new_tokens, "seed": cfg.seed, "write": cfg.to_dict(),
+        **engine.provenance(lm), "device": str(lm.device),
+    }
+    if output:
+        write_json_lines(output, [result])
+    if log_samples:
+        write_json_lines(log_samples, samples)
+    if json_out:
+        emit_json(result)
+    elif not quiet:
+        from gradmem_cli.cli.views import show_eval
+
+        show_eval(result)
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Argument(help="YAML file of training settings (see configs/ and "
+                                                     "docs/training.md).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting: KEY=VALUE (repeatable), "
+                                                      "e.g. --set max_steps=500 --set out=runs/x.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Meta-train a model to write into memory (GradMem), or a baseline; resumes a run already in its folder."""
+    import shlex
+
+    from gradmem_cli.training.config import load_config
+    from gradmem_cli.training.loop import train as run_training
+
+    cfg = load_config(config, set_ or [])
+    result = run_training(cfg, command=shlex.join(["gradmem", *sys.argv[1:]]))
+    if json_out:
+        emit_json(dataclasses.asdict(result))
+
+
+def _parse_steps(text: str) -> list[int]:
+    """``"1-10"`` or ``"1,2,5"`` as a list of step counts."""
+    try:
+        if "-" in text:
+            lo, hi = (int(x) for x in text.split("-", 1))
+            values = list(range(lo, hi + 1))
+        else:
+            values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--steps {text}: expected a list like 1,2,5 or a range like 1-10") from None
+    if not values or min(values) < 0:
+        raise UsageError(f"--steps {text}: expected step counts of 0 or more")
+    return values
+
+
+@app.command("train-eval")
+def train_eval(
+    model: Annotated[str, typer.Argument(help="A checkpoint folder written by gradmem train.")],
+    pairs: Annotated[int, typer.Option(help="Key-value pairs per generated sample.")] = 8,
+    data: Annotated[Optional[Path], typer.Option(help="A JSONL file of kv samples to use instead of generated ones.")] = None,
+    steps: Annotated[str, typer.Option(help="Write steps K_eval to try: a list (1,2,5) or a range (1-10) "
+                                       "[default: the K it was trained with].")] = "",
+    samples: Annotated[int, typer.Option(help="Generated samples.")] = 1000,
+    seed: SeedOpt = 12345,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 250,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+    offline: OfflineOpt = False,
+) -> None:
+    """Teacher-forced key-value EM of a trained checkpoint for each number of write steps (the paper's heat map)."""
+    setup(offline)
+    from gradmem_cli.training.checkpoint_eval import steps_table
+
+    rows = steps_table(model, pairs=pairs, data=data, steps=_parse_steps(steps) if steps else None, samples=samples,
+                       seed=seed, batch_size=batch_size, device=device)
+    if json_out:
+        emit_json({"model": model, "rows": rows})
+        return
+    from gradmem_cli.cli.views import show_steps_table
+
+    show_steps_table(model, rows)
+
+
+@app.command()
+def models(json_out: JsonOpt = False) -> None:
+    """The built-in model aliases and whether their packages are installed here."""
+    from gradmem_cli.lm.loading import ALIASES, DEFAULT_MODEL, alias_installed
+
+    rows = [{"alias": name, "default": name == DEFAULT_MODEL, "installed": alias_installed(alias),
+             "install": alias.install} for name, alias in ALIASES.items()]
+    if json_out:
+        emit_json({"models": rows})
+        return
+    for r in rows:
+        mark = "installed" if r["installed"] else f"not installed: {r['install']}"
+        typer.echo(f"{r['alias']}{' (default)' if r['default'] else ''}\t{mark}")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"gradmem {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+) -> None:
+    """gradmem: compress a document into a few memory vectors and ask it questions later."""

@@ -1,0 +1,1 @@
+"""Evaluation: the harness that runs a task under every condition, and the answer metrics."""

@@ -1,0 +1,190 @@
+"""The evaluation harness: one task, the memory result beside its honest bounds.
+
+Conditions, all with the same frozen model and prompt format:
+
+- ``memory``: the context is written into memory (WRITE) and is not shown at read time;
+  the model sees ``[memory; question]``.
+- ``no-context``: the question alone (the lower bound: what the model knows or guesses).
+- ``full-context``: the context and the question in the prompt (the upper bound).
+- ``via-text`` (on request): the text is first rebuilt from memory by greedy decoding, then put in
+  the prompt like the full context; exact where the memory rebuilds exactly, at the cost of
+  decoding the whole text for every question.
+
+``gap_closed = (memory - no_context) / (full_context - no_context)`` on the task's main metric.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gradmem_cli import engine
+from gradmem_cli.evaluation.metrics import f1, mean
+from gradmem_cli.lm.generate import Reader
+from gradmem_cli.lm.loading import LoadedModel
+from gradmem_cli.memory.documents import Document
+from gradmem_cli.tasks.base import Dataset, Task
+from gradmem_cli.writers.config import ResolvedWrite
+
+CONDITIONS = ("memory", "via-text", "no-context", "full-context")
+DEFAULT_CONDITIONS = ("memory", "no-context", "full-context")
+WRITTEN = ("memory", "via-text")  # conditions that write the context into memory first
+
+
+@dataclass
+class EvalOptions:
+    """How answers are produced (the write settings are a ResolvedWrite)."""
+
+    conditions: tuple[str, ...] = DEFAULT_CONDITIONS
+    max_new_tokens: int | None = None  # per answer; None: the task's default
+
+
+def key(condition: str) -> str:
+    """A condition's name in results (``no-context`` -> ``no_context``)."""
+    return condition.replace("-", "_")
+
+
+class _Run:
+    """One evaluation in progress: the examples, their records, and each condition's scores."""
+
+    def __init__(self, lm: LoadedModel, task: Task, dataset: Dataset, opts: EvalOptions,
+                 on_progress: Callable[[str, int], None] | None):
+        self.lm, self.task, self.examples = lm, task, dataset.examples
+        self.budget = opts.max_new_tokens or task.max_new_tokens
+        self.conditions = opts.conditions
+        self.on_progress = on_progress
+        self.plain = Reader(lm, None)
+        self.records = [{"id": ex.id, "context": ex.context, "question": ex.question, "answers": ex.answers}
+                        for ex in self.examples]
+        self.scores: dict[str, list[dict[str, float]]] = {}
+
+    def written(self, cfg: ResolvedWrite) -> None:
+        """memory and via-text: write each distinct context once (SQuAD has several questions per
+        passage), then answer every question on it."""
+        chosen = [c for c in WRITTEN if c in self.conditions]
+        contexts = list(dict.fromkeys(ex.context for ex in self.examples))
+        askers = {c: [i for i, ex in enumerate(self.examples) if ex.context == c] for c in contexts}
+        docs = [Document.from_text(str(j), c) for j, c in enumerate(contexts)]
+        for c in chosen:
+            self.scores[c] = [{} for _ in self.examples]
+        started, done = time.perf_counter(), 0
+        for doc, memfile, report in engine.memorize(self.lm, docs, cfg):
+            # write_accuracy: teacher-forced token accuracy (reconstruct) or greedy agreement with the
+            # teacher's probe answers (distill) of the kept memory, averaged over the document's segments.
+            write = {"write_steps": float(sum(report.steps)), "write_seconds": report.seconds,
+                     "write_accuracy": mean(report.accuracy)}
+            reader = engine.open_reader(self.lm, memfile) if "memory" in chosen else None
+            rebuilt = None
+            for i in askers[contexts[int(doc.name)]]:
+                ex = self.examples[i]
+                if reader is not None:
+                    start = time.perf_counter()
+                    out, sc = self.task.respond(self.lm, reader, ex, None, memfile, self.budget)
+                    self._keep("memory", i, out, {**sc, **write, "seconds": report.seconds + time.perf_counter() - start})
+                if "via-text" in chosen:
+                    start = time.perf_counter()
+                    rebuilt = rebuilt if rebuilt is not None else engine.rebuild_text(self.lm, memfile)
+                    rebuild_seconds = time.perf_counter() - start
+                    out, sc = self.task.respond(self.lm, self.plain, ex, rebuilt, None, self.budget)
+                    self._keep("via-text", i, {**out, "rebuilt": rebuilt}, {
+                        **sc, **write, "rebuild_seconds": rebuild_seconds, "rebuilt_exact": float(rebuilt == ex.context),
+                        "seconds": report.seconds + time.perf_counter() - start})
+                done += 1
+            for c in chosen:
+                self._progress(c, done)
+        # Writes run batched, so one example's span overlaps others': also give the amortised wall time.
+        amortised = (time.perf_counter() - started) / len(self.examples)
+        for c in chosen:
+            for sc in self.scores[c]:
+                sc["wall_seconds_per_example"] = amortised
+
+    def plain_conditions(self) -> None:
+        """no-context and full-context: the same model without memory."""
+        for condition in (c for c in CONDITIONS if c in self.conditions and c not in WRITTEN):
+            self.scores[condition] = [{} for _ in self.examples]
+            for i, ex in enumerate(self.examples):
+                start = time.perf_counter()
+                context = ex.context if condition == "full-context" else None
+                out, sc = self.task.respond(self.lm, self.plain, ex, context, None, self.budget)
+                self._keep(condition, i, out, {**sc, "seconds": time.perf_counter() - start})
+                self._progress(condition, i + 1)
+
+    def agreement_with_full_context(self) -> None:
+        """f1_to_full_context for every other condition of an F1 task (see :func:`f1_to_full_context`)."""
+        if "full-context" not in self.scores or self.task.main_metric != "f1":
+            return
+        for c in (c for c in self.scores if c != "full-context"):
+            for i, record in enumerate(self.records):
+                score = f1_to_full_context(record, key(c))
+                self.scores[c][i]["f1_to_full_context"] = score
+                record[key(c)]["f1_to_full_context"] = score
+
+    def _keep(self, condition: str, i: int, out: dict[str, Any], scores: dict[str, float]) -> None:
+        self.scores[condition][i] = scores
+        self.records[i][key(condition)] = {**out, **scores}
+
+    def _progress(self, condition: str, done: int) -> None:
+        if self.on_progress:
+            self.on_progress(condition, done)
+
+    def result(self) -> dict[str, Any]:
+        metrics = {key(c): {k: mean([s[k] for s in self.scores[c]]) for k in self.scores[c][0]}
+                   for c in CONDITIONS if self.scores.get(c)}
+        main = self.task.main_metric
+        result = {"task": self.task.name, "n": len(self.examples), "main_metric": main, "metrics": metrics,
+                  "gap_closed": gap_closed(metrics, main)}
+        if "via_text" in metrics:
+            result["gap_closed_via_text"] = gap_closed(metrics, main, "via_text")
+        return result
+
+
+def evaluate(
+    lm: LoadedModel,
+    task: Task,
+    dataset: Dataset,
+    cfg: ResolvedWrite,
+    opts: EvalOptions,
+    on_progress: Callable[[str, int], None] | None = None,
+    on_sample: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run every condition over the dataset; returns per-condition means and per-example records.
+
+    ``on_progress(condition, done)`` reports progress; ``on_sample(record)`` receives one record
+    per example (inputs, outputs, scores) once all its conditions are scored.
+    """
+    run = _Run(lm, task, dataset, opts, on_progress)
+    if any(c in opts.conditions for c in WRITTEN):
+        run.written(cfg)
+    run.plain_conditions()
+    run.agreement_with_full_context()
+    if on_sample:
+        for record in run.records:
+            on_sample(record)
+    return run.result()
+
+
+def f1_to_full_context(record: dict[str, Any], condition_key: str) -> float:
+    """Token F1 of an example's answer under a condition against its full-context answer.
+
+    This scores what distillation optimises, answering as the model does with the text in its
+    prompt, right or wrong; with a reader that is often wrong even with the text, it is far less
+    noisy than F1 against the gold answer.
+    """
+    return f1(record[condition_key]["answer"], [record["full_context"]["answer"]])
+
+
+def gap_closed(metrics: dict[str, dict[str, float]], main: str, condition: str = "memory") -> float | None:
+    """(memory - no_context) / (full_context - no_context); None when there is no gap to close.
+
+    A model that does no better with the context than without it (full_context <= no_context) leaves
+    no gap: a ratio of two negative differences would read as success, so it is None too.
+    """
+    try:
+        mem, low, high = (metrics[c][main] for c in (condition, "no_context", "full_context"))
+    except KeyError:
+        return None
+    if high - low <= 0:
+        return None
+    return (mem - low) / (high - low)

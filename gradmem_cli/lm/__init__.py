@@ -1,0 +1,1 @@
+"""The language-model layer: loading models, the one memory forward step, generation."""

@@ -1,0 +1,1 @@
+"""Memory files and their inputs: the ``.gmem`` format, safe file writes, input documents."""

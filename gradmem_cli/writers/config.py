@@ -1,0 +1,161 @@
+"""Write settings: the options a user gives (:class:`WriteConfig`) and what they resolve to for one
+model (:class:`ResolvedWrite`), once, before any work.
+
+Every field is recorded in the ``.gmem`` it produces and, unless marked ``cli: False``, is a
+``gradmem write`` / ``gradmem eval`` option of the same name (the CLI builds them from here).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+from gradmem_cli.errors import UsageError
+from gradmem_cli.lm.dtypes import DTYPES
+from gradmem_cli.lm.memlm import lr_at
+from gradmem_cli.objectives import OBJECTIVES
+
+if TYPE_CHECKING:
+    from gradmem_cli.lm.loading import LoadedModel
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("cosine", "constant")
+INITS = ("tokens", "random", "learned")
+
+
+@dataclass(frozen=True)
+class WriteConfig:
+    """Settings of a WRITE. Fields left at None take the model's default (:meth:`resolve`): the
+    value in brackets in their help for a plain LM, the trained writer's own for a ``gradmem
+    train`` checkpoint."""
+
+    mem_tokens: int | None = field(default=None, metadata={
+        "help": "m: memory vectors per segment [8; a trained writer's m]."})
+    segment_tokens: int | None = field(default=None, metadata={
+        "help": "Longest segment in tokens; longer texts are split into near-equal segments, each with m vectors "
+                "[64; a trained writer: what its positions hold]."})
+    steps: int | None = field(default=None, metadata={
+        "help": "Most optimisation steps per segment (it stops earlier once the stopping test passes) "
+                "[400; 40 for --objective distill; a trained writer runs exactly its K]."})
+    lr: float | None = field(default=None, metadata={"help": "Peak learning rate [0.05; a trained writer's alpha]."})
+    optimizer: str | None = field(default=None, metadata={
+        "help": "adam (betas 0.9/0.9, as in Cramming) or sgd (plain SGD, the paper's inner-loop rule) "
+                "[adam; a trained writer: sgd, or forward for an RMT writer]."})
+    betas: tuple[float, float] = field(default=(0.9, 0.9), metadata={"help": "Adam's betas.", "cli": False})
+    schedule: str | None = field(default=None, metadata={
+        "help": "cosine: linear warm-up, then cosine decay to 0 at --steps; constant: --lr throughout "
+                "[cosine; constant for a trained writer]."})
+    warmup: float = field(default=0.1, metadata={"help": "Warm-up length as a fraction of --steps (cosine only)."})
+    init: str | None = field(default=None, metadata={
+        "help": "Initial memory: tokens = the embeddings of the segment's first m tokens (cycled if shorter); "
+                "random = Gaussian noise with the std of the embedding matrix (Cramming); learned = a trained "
+                "writer's M0 and its trained write rule, no stopping test [tokens; learned for a trained writer]."})
+    target_acc: float = field(default=1.0, metadata={"help": "Stop once teacher-forced token accuracy reaches this."})
+    margin: float = field(default=1.0, metadata={
+        "help": "At --target-acc 1, also require every token's logit to beat the runner-up by this much, so that "
+                "greedy decoding (whose arithmetic differs slightly) rebuilds the text exactly."})
+    seed: int = field(default=0, metadata={"help": "Seeds the random initial memory."})
+    batch_tokens: int = field(default=2048, metadata={
+        "help": "Tokens optimised together per step (segments of several texts share a batch)."})
+    store_dtype: str = field(default="float32", metadata={
+        "help": "How the .gmem stores the vectors: float32, float16 or bfloat16. The write optimises the "
+                "vectors as they will be stored (rounded), so the stopping test holds for the file."})
+    objective: str = field(default="reconstruct", metadata={
+        "help": "What the memory is optimised for: " + "; ".join(f"{o.name} = {o.help}" for o in OBJECTIVES.values())
+                + "."})
+    probes: int = field(default=6, metadata={
+        "help": "distill/mix: probes per segment (model-written questions, summary and cloze prompts)."})
+    probe_tokens: int = field(default=24, metadata={"help": "distill/mix: most tokens of each teacher answer."})
+    distill_weight: float = field(default=1.0, metadata={"help": "mix: weight of the distillation loss."})
+
+    def validate(self) -> WriteConfig:
+        """Check the values that are set (None fields are checked once resolved)."""
+        checks = [
+            (self.mem_tokens is None or self.mem_tokens >= 1, "--mem-tokens must be at least 1"),
+            (self.segment_tokens is None or self.segment_tokens >= 1, "--segment-tokens must be at least 1"),
+            (self.steps is None or self.steps >= 0, "--steps must be 0 or more"),
+            (self.lr is None or (self.lr > 0 and math.isfinite(self.lr)), "--lr must be a positive number"),
+            (self.optimizer in (None, *OPTIMIZERS, "forward"), "--optimizer must be adam or sgd"),
+            (all(0 <= b < 1 for b in self.betas), "Adam betas must be in [0, 1)"),
+            (self.schedule in (None, *SCHEDULES), "--schedule must be cosine or constant"),
+            (0 <= self.warmup < 1, "--warmup must be in [0, 1)"),
+            (self.init in (None, *INITS), "--init must be tokens, random or learned"),
+            (0 < self.target_acc <= 1, "--target-acc must be in (0, 1]"),
+            (self.margin >= 0 and math.isfinite(self.margin), "--margin must be 0 or more"),
+            (self.batch_tokens >= 1, "--batch-tokens must be at least 1"),
+            (self.store_dtype in DTYPES, "--store-dtype must be float32, float16 or bfloat16"),
+            (self.objective in OBJECTIVES, f"--objective must be one of {', '.join(OBJECTIVES)}"),
+            (self.probes >= 1, "--probes must be at least 1"),
+            (self.probe_tokens >= 1, "--probe-tokens must be at least 1"),
+            (self.distill_weight >= 0, "--distill-weight must be 0 or more"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def resolve(self, lm: LoadedModel) -> ResolvedWrite:
+        """Every None field set to the model's default (see the class docstring), checked against
+        the model's window; lower layers take only the result."""
+        self.validate()
+        writer = lm.writer
+        init = self.init or ("learned" if writer is not None else "tokens")
+        if init != "learned":
+            plain = {"mem_tokens": 8, "segment_tokens": 64, "steps": OBJECTIVES[self.objective].default_steps,
+                     "lr": 0.05, "optimizer": "adam", "schedule": "cosine"}
+            values = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in plain.items()}
+            if values["optimizer"] == "forward":
+                raise UsageError("--optimizer forward is the rule of an RMT writer (--init learned)")
+            return ResolvedWrite(**{**self.to_dict(), "init": init, **values}).fits(lm)
+        if writer is None:
+            raise UsageError("--init learned needs a checkpoint trained by gradmem train (it has no writer)")
+        rule = "forward" if writer.cfg.kind == "rmt" else "sgd"
+        m = writer.cfg.mem_tokens
+        room = lm.window - 2 * m - len(lm.prefix_ids) - 64
+        checks = [
+            (self.mem_tokens in (None, m), f"--mem-tokens: this writer was trained with {m} memory vectors"),
+            (self.optimizer in (None, rule), f"--optimizer: this writer's rule is {rule} "
+                                             "(use --init tokens or random for another optimiser)"),
+            (self.schedule in (None, "constant"), "--schedule: a trained writer uses a constant rate"),
+            (self.objective == "reconstruct", "--objective: a trained writer writes with the objective it was "
+                                              "trained on (use --init tokens or random for distill/mix)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+        return ResolvedWrite(**{
+            **self.to_dict(), "init": init, "mem_tokens": m, "optimizer": rule, "schedule": "constant",
+            "segment_tokens": self.segment_tokens or max(1, room),
+            "steps": writer.cfg.steps if self.steps is None else self.steps,
+            "lr": writer.cfg.inner_lr if self.lr is None else self.lr,
+        }).fits(lm)
+
+
+@dataclass(frozen=True)
+class ResolvedWrite(WriteConfig):
+    """A :class:`WriteConfig` with every field set for one model: what writers receive."""
+
+    def fits(self, lm: LoadedModel) -> ResolvedWrite:
+        """Refuse sizes the model's window cannot hold, before any work (a write would fail or crawl)."""
+        self.validate()
+        used = len(lm.prefix_ids) + self.mem_tokens + self.segment_tokens
+        if used > lm.window:
+            raise UsageError(f"--mem-tokens {self.mem_tokens} + --segment-tokens {self.segment_tokens} do not fit "
+                             f"the model's window of {lm.window} positions")
+        if self.objective != "reconstruct" and self.probe_tokens >= lm.window:
+            raise UsageError(f"--probe-tokens must be below the model's window of {lm.window}")
+        return self
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimisation step ``step`` (the warm-up applies to cosine only)."""
+        warmup = max(1, round(self.warmup * self.steps)) if self.schedule == "cosine" and self.steps else 0
+        return lr_at(step, self.lr, self.steps, warmup, self.schedule)
+
+
+def cli_fields() -> list:
+    """The WriteConfig fields that are command-line options."""
+    return [f for f in fields(WriteConfig) if f.metadata.get("cli", True)]
