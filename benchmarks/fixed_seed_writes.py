@@ -4,7 +4,9 @@ Run it before and after a change that must not alter behaviour, and diff the out
 texts must take the same steps and rebuild exactly (losses may move in the last digits where a
 floating-point summation order changed). Also prints ``eval kv`` EM of the shipped GradMem checkpoint.
 
-    .venv/bin/python benchmarks/fixed_seed_writes.py > before.jsonl
+    PYTHONPATH=$(git worktree add -f /tmp/before HEAD~1 && echo /tmp/before) \
+        .venv/bin/python benchmarks/fixed_seed_writes.py > before.jsonl
+    .venv/bin/python benchmarks/fixed_seed_writes.py > after.jsonl
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ FILES = [ROOT / "samples" / "lighthouse.txt", ROOT / "samples" / "paragraphs" / 
 
 
 def gradmem(*args: str) -> dict:
-    exe = str(Path(sys.executable).with_name("gradmem"))
-    out = subprocess.run([exe, *args], check=True, capture_output=True, text=True).stdout
-    return json.loads(out)
+    """``gradmem ARGS --json`` of the code on ``PYTHONPATH`` (a checkout to compare), else the installed one."""
+    out = subprocess.run([sys.executable, "-m", "gradmem_cli", *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
 
 
 def main() -> None:
