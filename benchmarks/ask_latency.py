@@ -24,11 +24,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import ROOT, log, median, spread, texts  # noqa: E402
-from gradmem_cli import engine, memfile  # noqa: E402
-from gradmem_cli.documents import Document  # noqa: E402
-from gradmem_cli.models import load_model  # noqa: E402
-from gradmem_cli.read import Reader  # noqa: E402
-from gradmem_cli.write import WriteConfig  # noqa: E402
+from gradmem_cli import engine  # noqa: E402
+from gradmem_cli.memory import memfile  # noqa: E402
+from gradmem_cli.memory.documents import Document  # noqa: E402
+from gradmem_cli.lm.loading import load_model  # noqa: E402
+from gradmem_cli.lm.generate import Reader  # noqa: E402
+from gradmem_cli.writers.config import WriteConfig  # noqa: E402
 
 QUESTIONS = ["Who owns the bakery?", "When does the bakery open?", "What does Jonas make on Fridays?",
              "Who led the glacier survey?", "What was found in the ice?"]
@@ -51,7 +52,7 @@ def main() -> None:
     if not path.exists() or memfile.load(path).header.source["sha256"] != doc.sha256:
         args.out.mkdir(parents=True, exist_ok=True)
         log(f"writing the {args.tokens}-token text once (default settings) ...")
-        ((_, mem, report),) = engine.memorize(lm, [doc], WriteConfig())
+        ((_, mem, report),) = engine.memorize(lm, [doc], WriteConfig().resolve(lm))
         memfile.save(path, mem.memory, mem.header)
         log(f"  {report.segments} segments, steps {report.steps}, {report.seconds:.0f} s")
     mem = memfile.load(path)

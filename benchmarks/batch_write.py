@@ -26,11 +26,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import ROOT, Timer, log, texts  # noqa: E402
-from gradmem_cli import memfile  # noqa: E402
-from gradmem_cli.documents import Document  # noqa: E402
+from gradmem_cli.memory import memfile  # noqa: E402
+from gradmem_cli.memory.documents import Document  # noqa: E402
 from gradmem_cli.engine import memorize, rebuild  # noqa: E402
-from gradmem_cli.models import load_model  # noqa: E402
-from gradmem_cli.write import WriteConfig  # noqa: E402
+from gradmem_cli.lm.loading import load_model  # noqa: E402
+from gradmem_cli.writers.config import WriteConfig  # noqa: E402
 
 
 def short_documents(count: int) -> list[str]:
@@ -44,7 +44,7 @@ def short_documents(count: int) -> list[str]:
 
 
 def engine_run(lm, docs: list[str], batched: bool) -> tuple[float, int]:
-    cfg = WriteConfig()
+    cfg = WriteConfig().resolve(lm)
     items = [Document.from_text(f"doc{i:02d}", text) for i, text in enumerate(docs)]
     exact = 0
     with Timer() as t:

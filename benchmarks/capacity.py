@@ -19,8 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import Timer, log, texts  # noqa: E402
-from gradmem_cli.models import load_model  # noqa: E402
-from gradmem_cli.write import WriteConfig, write_segments  # noqa: E402
+from gradmem_cli.lm.loading import load_model  # noqa: E402
+from gradmem_cli.engine import write_segments  # noqa: E402
+from gradmem_cli.writers.config import WriteConfig  # noqa: E402
 
 LADDER = {1: [8, 16, 24, 32, 48, 64], 4: [32, 64, 96, 128, 192, 256], 8: [64, 128, 192, 256, 384, 512]}
 

@@ -1,5 +1,5 @@
 """One distill optimisation step: the probes' shared chat-template tokens run once per memory
-(``shared_prompt_forward``) against every row run in full (``memory_forward``), side by side.
+(``shared_prompt_forward``) against every row run in full (``lm.forward``), side by side.
 
 Builds the probes of one bAbI qa1 story with the default model, then times forward + backward of
 the distillation loss both ways, alternating, and checks that both give the same loss.
@@ -18,10 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks.common import Timer, log, median, spread  # noqa: E402
-from gradmem_cli.distill import build_probes, distill_stats  # noqa: E402
-from gradmem_cli.models import load_model  # noqa: E402
+from gradmem_cli.lm.memlm import pad  # noqa: E402
+from gradmem_cli.objectives.distill import build_probes, distill_stats, shared_prompt_forward  # noqa: E402
+from gradmem_cli.lm.loading import load_model  # noqa: E402
 from gradmem_cli.tasks import babi  # noqa: E402
-from gradmem_cli.write import WriteConfig, initial_memory, memory_forward, shared_prompt_forward  # noqa: E402
+from gradmem_cli.writers.config import WriteConfig  # noqa: E402
+from gradmem_cli.writers.optimizer import initial_memory  # noqa: E402
 
 
 def main() -> None:
@@ -37,14 +39,15 @@ def main() -> None:
     seqs = [probes.prompts[k] + probes.answers[k] for _, k in rows]
     starts = [len(probes.prompts[k]) for _, k in rows]
     ids = lm.tokenize(story)
-    memory = initial_memory(lm, ids, WriteConfig(), torch.Generator().manual_seed(0)).requires_grad_()
+    memory = initial_memory(lm, ids, WriteConfig().resolve(lm), torch.Generator().manual_seed(0)).requires_grad_()
 
     def full() -> torch.Tensor:
-        logits, _, _ = memory_forward(lm, [memory] * len(rows), seqs)
+        ids_, mask = pad(seqs, lm.device)
+        logits = lm.forward(memory[None].expand(len(rows), -1, -1), ids_, mask)
         return distill_stats(logits, rows, starts)[0].mean()
 
     def shared() -> torch.Tensor:
-        logits, index = shared_prompt_forward(lm, [memory], [0] * len(rows), seqs, starts)
+        logits, index = shared_prompt_forward(lm, memory[None], [0] * len(rows), seqs, starts)
         return distill_stats(logits, rows, index)[0].mean()
 
     times: dict[str, list[float]] = {"full rows": [], "shared prompt": []}

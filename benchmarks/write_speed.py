@@ -19,9 +19,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import PARAGRAPHS, Timer, log, median, spread, texts  # noqa: E402
-from gradmem_cli.models import load_model  # noqa: E402
-from gradmem_cli.read import reconstruct  # noqa: E402
-from gradmem_cli.write import WriteConfig, write_segments  # noqa: E402
+from gradmem_cli.lm.loading import load_model  # noqa: E402
+from gradmem_cli.lm.generate import reconstruct  # noqa: E402
+from gradmem_cli.engine import write_segments  # noqa: E402
+from gradmem_cli.writers.config import WriteConfig  # noqa: E402
 
 
 def cramming(steps: int, mem_tokens: int) -> WriteConfig:

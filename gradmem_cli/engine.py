@@ -22,7 +22,9 @@ from gradmem_cli.lm.generate import Answer, Reader, reconstruct, with_context
 from gradmem_cli.lm.loading import ALIASES, LoadedModel, load_model
 from gradmem_cli.memory.documents import Document, split_segments
 from gradmem_cli.memory.memfile import MemoryFile, MemoryHeader
-from gradmem_cli.writers.base import SegmentResult, StepStats, writer_for
+from gradmem_cli.writers.base import SegmentResult, StepStats, Writer
+from gradmem_cli.writers.optimizer import OptimizerWriter
+from gradmem_cli.writers.trained import TrainedWriter
 from gradmem_cli.writers.config import ResolvedWrite, WriteConfig
 
 
@@ -79,6 +81,11 @@ def _header(lm: LoadedModel, doc: Document, tokens: int, cfg: ResolvedWrite, res
         torch_version=made["torch_version"],
         transformers_version=made["transformers_version"],
     )
+
+
+def writer_for(cfg: ResolvedWrite) -> Writer:
+    """The trained write rule for ``--init learned`` (a checkpoint's default), else test-time optimisation."""
+    return TrainedWriter(cfg) if cfg.init == "learned" else OptimizerWriter(cfg)
 
 
 def write_segments(lm: LoadedModel, segments: list[list[int]], cfg: WriteConfig,

@@ -16,8 +16,7 @@ import typer
 
 from gradmem_cli import __version__
 from gradmem_cli.cli.options import (
-    DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OfflineOpt, QuietOpt, ReadDtypeOpt, ReadModelOpt, SeedOpt, emit_json,
-    setup, write_json_lines, write_options,
+    JsonOpt, ModelOpt, ReadModelOpt, RunOptions, SeedOpt, emit_json, run_options, write_json_lines, write_options,
 )
 from gradmem_cli.errors import GradmemError, UsageError
 from gradmem_cli.tasks import TASKS
@@ -33,21 +32,17 @@ app = typer.Typer(
 
 @app.command()
 @write_options
+@run_options()
 def write(
     inputs: Annotated[list[str], typer.Argument(help="Text files, folders (their *.txt) or - for stdin.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output .gmem, or a folder for several inputs "
                                                    "or a folder input [default: next to each input]")] = None,
     model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "float32",
-    cfg: WriteConfig = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing .gmem files (never any other file).")] = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    offline: OfflineOpt = False,
+    cfg: WriteConfig = None,
+    run: RunOptions = None,
 ) -> None:
     """Write text into memory vectors and save them as .gmem files (the text itself is not stored)."""
-    setup(offline)
     from gradmem_cli import engine
     from gradmem_cli.cli.progress import console, write_progress
     from gradmem_cli.lm.loading import load_model
@@ -58,47 +53,43 @@ def write(
     docs = read_inputs(inputs)
     paths = output_paths(inputs, docs, output)
     states = claim_outputs(docs, paths, force)
-    lm = load_model(model, device=device, dtype=dtype, quiet=quiet)
+    lm = load_model(model, device=run.device, dtype=run.dtype, quiet=run.quiet)
     cfg = cfg.resolve(lm)
     out_of = {id(d): (p, state) for d, p, state in zip(docs, paths, states)}
     reports = []
-    with write_progress(quiet) as progress:
+    with write_progress(run.quiet) as progress:
         for doc, mem, report in engine.memorize(lm, docs, cfg, progress.on_step):
             path, state = out_of[id(doc)]
             memfile.save(path, mem.memory, mem.header, expected=state)
             report.output = str(path)
             reports.append(report)
             progress.finished(doc, report.segments)
-            if not quiet and cfg.init != "learned" and min(report.accuracy) < cfg.target_acc:
+            if not run.quiet and cfg.init != "learned" and min(report.accuracy) < cfg.target_acc:
                 console.print(f"[yellow]warning:[/yellow] {doc.name}: not every segment reached "
                               f"--target-acc {cfg.target_acc} in {cfg.steps} steps (accuracy {report.accuracy})")
-    if json_out:
+    if run.json:
         emit_json({"files": [r.to_dict() for r in reports]})
-    elif not quiet:
+    elif not run.quiet:
         for r in reports:
             console.print(f"{r.input} -> {r.output}: {r.tokens} tokens, {r.segments} segment(s), "
                           f"steps {r.steps}, accuracy {r.accuracy}, {r.seconds:.1f} s")
 
 
 @app.command()
+@run_options(read=True)
 def ask(
     file: Annotated[Path, typer.Argument(help="A .gmem memory file.")],
     question: Annotated[str, typer.Argument(help="The question, or - to read one question per line from stdin.")],
     model: ReadModelOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: ReadDtypeOpt = None,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 128,
     temperature: Annotated[float, typer.Option(help="0 = greedy; above 0 samples.")] = 0.0,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute the memory prefix for every question.")] = False,
     via: Annotated[str, typer.Option(help="memory: read the vectors directly; text: first rebuild the text from "
                                      "memory (greedy), then answer with it in the prompt.")] = "memory",
     seed: SeedOpt = 0,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    offline: OfflineOpt = False,
+    run: RunOptions = None,
 ) -> None:
     """Answer a question from a memory file alone (the source text is not needed)."""
-    setup(offline)
     if max_new_tokens < 1:
         raise UsageError("--max-new-tokens must be at least 1")
     if temperature < 0:
@@ -113,7 +104,7 @@ def ask(
     if not questions:
         raise GradmemError("no question given")
     mem = memfile.load(file)
-    lm = engine.load_reader_model(mem, model, device, dtype, quiet)
+    lm = engine.load_reader_model(mem, model, run.device, run.dtype, run.quiet)
     asker = engine.open_asker(lm, mem, via, use_cache=not no_cache)
 
     def stream(text: str) -> None:
@@ -122,8 +113,8 @@ def ask(
 
     for q in questions:
         answer = asker.answer(q, max_new_tokens=max_new_tokens, temperature=temperature,
-                              on_text=None if json_out else stream, seed=seed)
-        if json_out:
+                              on_text=None if run.json else stream, seed=seed)
+        if run.json:
             emit_json({"file": str(file), "question": q, "answer": answer.text, "model": lm.spec, "via": via,
                        "rebuild_seconds": asker.rebuild_seconds, "tokens": answer.tokens,
                        "seconds": round(answer.seconds, 4),
@@ -134,19 +125,15 @@ def ask(
 
 
 @app.command("inspect")
+@run_options(read=True)
 def inspect_(
     file: Annotated[Path, typer.Argument(help="A .gmem memory file.")],
     reconstruct: Annotated[bool, typer.Option("--reconstruct", help="Rebuild the text from memory alone (loads the model).")] = False,
     against: Annotated[Optional[Path], typer.Option(help="Compare the rebuilt text with this source file (implies --reconstruct).")] = None,
     model: ReadModelOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: ReadDtypeOpt = None,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    offline: OfflineOpt = False,
+    run: RunOptions = None,
 ) -> None:
     """Show a memory file's metadata and sizes; optionally rebuild its text from memory."""
-    setup(offline)
     from gradmem_cli import engine
     from gradmem_cli.memory import memfile
     from gradmem_cli.memory.documents import read_document
@@ -156,12 +143,12 @@ def inspect_(
     result: dict = {"file": str(file), "header": dataclasses.asdict(mem.header),
                     "sizes": engine.sizes(mem, file.stat().st_size)}
     if reconstruct or against:
-        lm = engine.load_reader_model(mem, model, device, dtype, quiet)
+        lm = engine.load_reader_model(mem, model, run.device, run.dtype, run.quiet)
         rebuilt = engine.rebuild(lm, mem)
         result["reconstruction"] = {"text": lm.decode(rebuilt)}
         if source_text is not None:
             result["reconstruction"].update(engine.compare(lm, rebuilt, source_text))
-    if json_out:
+    if run.json:
         emit_json(result)
         return
     from gradmem_cli.cli.views import show_inspect
@@ -187,6 +174,7 @@ DATA_HELP = "; ".join(f"{t.name}: {t.data_help}" for t in TASKS.values())
 
 @app.command("eval")
 @write_options
+@run_options()
 def eval_(
     task: Annotated[str, typer.Argument(help=f"The task. {TASK_HELP}.")],
     data: Annotated[Optional[Path], typer.Option(help=f"Your own data instead of the built-in set. {DATA_HELP}.")] = None,
@@ -204,15 +192,10 @@ def eval_(
     log_samples: Annotated[Optional[Path], typer.Option(help="Write one JSON line per example "
                                                         "(inputs, outputs, scores) here.")] = None,
     model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "float32",
     cfg: WriteConfig = None,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    offline: OfflineOpt = False,
+    run: RunOptions = None,
 ) -> None:
     """Evaluate memory against no-context and full-context answers on a task; same seed, same numbers."""
-    setup(offline)
     chosen = _parse_conditions(conditions, task)
     if max_new_tokens is not None and max_new_tokens < 1:
         raise UsageError("--max-new-tokens must be at least 1")
@@ -229,11 +212,11 @@ def eval_(
             check_writable(path.parent if str(path.parent) else Path("."))
     spec = get_task(task)
     dataset = spec.load(data, limit, cfg.seed, Options(pairs=pairs, variant=variant))
-    lm = load_model(model, device=device, dtype=dtype, quiet=quiet)
+    lm = load_model(model, device=run.device, dtype=run.dtype, quiet=run.quiet)
     cfg = cfg.resolve(lm)
     opts = EvalOptions(conditions=chosen, max_new_tokens=max_new_tokens)
     samples: list[dict] = []
-    with make_progress(quiet) as progress:
+    with make_progress(run.quiet) as progress:
         bars = {c: progress.add_task(c, total=len(dataset.examples), status="") for c in chosen}
         result = evaluate(lm, spec, dataset, cfg, opts, on_progress=lambda c, done: progress.update(bars[c], completed=done),
                           on_sample=samples.append)
@@ -247,9 +230,9 @@ def eval_(
         write_json_lines(output, [result])
     if log_samples:
         write_json_lines(log_samples, samples)
-    if json_out:
+    if run.json:
         emit_json(result)
-    elif not quiet:
+    elif not run.quiet:
         from gradmem_cli.cli.views import show_eval
 
         show_eval(result)
@@ -291,6 +274,7 @@ def _parse_steps(text: str) -> list[int]:
 
 
 @app.command("train-eval")
+@run_options()
 def train_eval(
     model: Annotated[str, typer.Argument(help="A checkpoint folder written by gradmem train.")],
     pairs: Annotated[int, typer.Option(help="Key-value pairs per generated sample.")] = 8,
@@ -300,17 +284,14 @@ def train_eval(
     samples: Annotated[int, typer.Option(help="Generated samples.")] = 1000,
     seed: SeedOpt = 12345,
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 250,
-    device: DeviceOpt = "auto",
-    json_out: JsonOpt = False,
-    offline: OfflineOpt = False,
+    run: RunOptions = None,
 ) -> None:
     """Teacher-forced key-value EM of a trained checkpoint for each number of write steps (the paper's heat map)."""
-    setup(offline)
     from gradmem_cli.training.checkpoint_eval import steps_table
 
     rows = steps_table(model, pairs=pairs, data=data, steps=_parse_steps(steps) if steps else None, samples=samples,
-                       seed=seed, batch_size=batch_size, device=device)
-    if json_out:
+                       seed=seed, batch_size=batch_size, device=run.device, dtype=run.dtype)
+    if run.json:
         emit_json({"model": model, "rows": rows})
         return
     from gradmem_cli.cli.views import show_steps_table

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
@@ -19,45 +20,80 @@ from gradmem_cli.writers.config import WriteConfig, cli_fields
 ModelOpt = Annotated[
     Optional[str],
     typer.Option("--model", "-m", help="Hugging Face id, model folder, .gguf file or alias "
-                                       "[default: $GRADMEM_MODEL or smollm2-135m-instruct]"),
+                                       "(default: $GRADMEM_MODEL or smollm2-135m-instruct)"),
 ]
 ReadModelOpt = Annotated[
     Optional[str],
     typer.Option("--model", "-m", help="The model to read with [default: the one the file names, if it is a built-in "
                                        "alias or $GRADMEM_MODEL]; refused unless it is the model that wrote the file."),
 ]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
-DtypeOpt = Annotated[str, typer.Option(help="Model dtype: float32, bfloat16 or float16.")]
-ReadDtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="Model dtype [default: the one the memory was written in].")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON result on stdout.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables on stderr.")]
-OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never contact the Hugging Face Hub (sets HF_HUB_OFFLINE=1).")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """Where and how a command runs: the options every model-loading command shares."""
+
+    device: str
+    dtype: str | None
+    json: bool
+    quiet: bool
+    offline: bool
+
+
+def _inject(command: Callable[..., Any], param: str, extra: list[inspect.Parameter],
+            build: Callable[[dict[str, Any]], Any]) -> Callable[..., Any]:
+    """Give ``command`` the options ``extra`` in place of its parameter ``param``, which receives
+    ``build`` of their values."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != param]
+    names = [p.name for p in extra]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        value = build({name: kwargs.pop(name) for name in names})
+        return command(**{param: value}, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=own + extra)
+    return wrapper
+
+
+def _option(name: str, annotation: Any, default: Any, *decls: str, **kwargs: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=Annotated[annotation, typer.Option(*decls, **kwargs)])
+
+
 def write_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Give a command one option per WriteConfig field and hand them to it as ``cfg: WriteConfig``.
+    """One option per WriteConfig field, handed to the command as ``cfg: WriteConfig``.
 
     The dataclass is the single source of names, defaults and help texts, so ``write`` and ``eval``
     cannot drift apart.
     """
-    fields = cli_fields()
     hints = typing.get_type_hints(WriteConfig)
+    extra = [_option(f.name, hints[f.name], f.default, help=f.metadata["help"]) for f in cli_fields()]
+    return _inject(command, "cfg", extra, lambda values: WriteConfig(**values).validate())
+
+
+def run_options(read: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--device, --dtype, --json, --quiet and --offline, handed to the command as ``run: RunOptions``
+    after offline mode is set up. Readers default their dtype to the memory's."""
+    dtype = (_option("dtype", Optional[str], None, "--dtype", help="Model dtype [default: the one the memory was "
+                                                                   "written in].") if read else
+             _option("dtype", str, "float32", "--dtype", help="Model dtype: float32, bfloat16 or float16."))
     extra = [
-        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
-                          annotation=Annotated[hints[f.name], typer.Option(help=f.metadata["help"])])
-        for f in fields
+        _option("device", str, "auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+        dtype,
+        _option("json", bool, False, "--json", help="Print a JSON result on stdout."),
+        _option("quiet", bool, False, "--quiet", "-q", help="No progress or tables on stderr."),
+        _option("offline", bool, False, "--offline", help="Never contact the Hugging Face Hub (sets HF_HUB_OFFLINE=1)."),
     ]
-    signature = inspect.signature(command, eval_str=True)
-    own = [p for p in signature.parameters.values() if p.name != "cfg"]
 
-    @functools.wraps(command)
-    def wrapper(**kwargs: Any) -> Any:
-        cfg = WriteConfig(**{f.name: kwargs.pop(f.name) for f in fields}).validate()
-        return command(cfg=cfg, **kwargs)
+    def build(values: dict[str, Any]) -> RunOptions:
+        setup(values["offline"])
+        return RunOptions(**values)
 
-    wrapper.__signature__ = signature.replace(parameters=own + extra)
-    return wrapper
+    return lambda command: _inject(command, "run", extra, build)
 
 
 def setup(offline: bool) -> None:

@@ -8,13 +8,23 @@ is minimised), accuracy and margin (what the stopping test reads).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 if TYPE_CHECKING:
     from gradmem_cli.lm.loading import LoadedModel
-    from gradmem_cli.writers.config import ResolvedWrite
+
+
+class Settings(Protocol):
+    """The write settings objectives read (a resolved ``WriteConfig`` has them all)."""
+
+    mem_tokens: int
+    target_acc: float
+    margin: float
+    probes: int
+    probe_tokens: int
+    distill_weight: float
 
 
 @dataclass
@@ -42,17 +52,17 @@ class Objective:
     help: str
     default_steps: int = 400  # most steps per segment when --steps is not given
 
-    def prepare(self, lm: LoadedModel, segment: Segment, cfg: ResolvedWrite) -> None:
+    def prepare(self, lm: LoadedModel, segment: Segment, cfg: Settings) -> None:
         """Compute once what the segment needs before its first step (nothing by default)."""
 
-    def cost(self, lm: LoadedModel, segment: Segment, cfg: ResolvedWrite) -> int:
+    def cost(self, lm: LoadedModel, segment: Segment, cfg: Settings) -> int:
         """Tokens the segment adds to a batch (after :meth:`prepare`)."""
         raise NotImplementedError
 
-    def stats(self, lm: LoadedModel, memories: torch.Tensor, segments: list[Segment], cfg: ResolvedWrite) -> Stats:
+    def stats(self, lm: LoadedModel, memories: torch.Tensor, segments: list[Segment], cfg: Settings) -> Stats:
         """Loss, accuracy and margin of each memory [B, m, d] for its segment."""
         raise NotImplementedError
 
-    def solved(self, accuracy: float, margin: float, cfg: ResolvedWrite) -> bool:
+    def solved(self, accuracy: float, margin: float, cfg: Settings) -> bool:
         """The stopping test: accuracy at ``--target-acc`` and, at 1, every margin at ``--margin``."""
         return accuracy >= cfg.target_acc - 1e-9 and (cfg.target_acc < 1 or margin >= cfg.margin)

@@ -27,11 +27,10 @@ import torch
 
 from gradmem_cli.lm.generate import Reader, prompt_ids, with_context
 from gradmem_cli.lm.memlm import pad
-from gradmem_cli.objectives.base import Objective, Segment, Stats
+from gradmem_cli.objectives.base import Objective, Segment, Settings, Stats
 
 if TYPE_CHECKING:
     from gradmem_cli.lm.loading import LoadedModel
-    from gradmem_cli.writers.config import ResolvedWrite
 
 TOP_K = 32
 QUESTION_PROMPT = "Write three short questions that can be answered from the text above, one per line."
@@ -139,15 +138,15 @@ class Distill(Objective):
     # of 6 probes x 24 tokens is the setting measured in README ("Objectives").
     default_steps = 40
 
-    def prepare(self, lm: LoadedModel, segment: Segment, cfg: ResolvedWrite) -> None:
+    def prepare(self, lm: LoadedModel, segment: Segment, cfg: Settings) -> None:
         segment.prepared = build_probes(lm, lm.decode(segment.ids), cfg.probes, cfg.probe_tokens)
 
-    def cost(self, lm: LoadedModel, segment: Segment, cfg: ResolvedWrite) -> int:
+    def cost(self, lm: LoadedModel, segment: Segment, cfg: Settings) -> int:
         probes = segment.prepared
         before = len(lm.prefix_ids) + cfg.mem_tokens
         return sum(len(p) + len(a) + before for p, a in zip(probes.prompts, probes.answers))
 
-    def stats(self, lm: LoadedModel, memories: torch.Tensor, segments: list[Segment], cfg: ResolvedWrite) -> Stats:
+    def stats(self, lm: LoadedModel, memories: torch.Tensor, segments: list[Segment], cfg: Settings) -> Stats:
         """KL to the teacher over the probe answers and greedy agreement with it, averaged over each
         segment's probes; no margin (inf). A segment whose teacher gave no answer has nothing to learn."""
         rows = [(b, seg.prepared, k) for b, seg in enumerate(segments) for k in range(len(seg.prepared.answers))]

@@ -7,20 +7,19 @@ from typing import TYPE_CHECKING
 import torch
 
 from gradmem_cli.lm.memlm import pad, token_stats
-from gradmem_cli.objectives.base import Objective, Segment, Stats
+from gradmem_cli.objectives.base import Objective, Segment, Settings, Stats
 
 if TYPE_CHECKING:
     from gradmem_cli.lm.loading import LoadedModel
-    from gradmem_cli.writers.config import ResolvedWrite
 
 
 class Reconstruct(Objective):
     name = "reconstruct"
     help = "next-token loss of the text (stops at --target-acc/--margin)"
 
-    def cost(self, lm: LoadedModel, segment: Segment, cfg: ResolvedWrite) -> int:
+    def cost(self, lm: LoadedModel, segment: Segment, cfg: Settings) -> int:
         return len(lm.prefix_ids) + cfg.mem_tokens + len(segment.ids)
 
-    def stats(self, lm: LoadedModel, memories: torch.Tensor, segments: list[Segment], cfg: ResolvedWrite) -> Stats:
+    def stats(self, lm: LoadedModel, memories: torch.Tensor, segments: list[Segment], cfg: Settings) -> Stats:
         ids, mask = pad([s.ids for s in segments], lm.device)
         return Stats(*token_stats(lm.forward(memories, ids, mask), ids, mask))

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gradmem_cli.errors import GradmemError
-from gradmem_cli.tasks.base import DEFAULT_LIMIT, Dataset, Example, Options, Task, file_source
-from gradmem_cli.tasks.qa import load_qa
+from gradmem_cli.tasks.base import DEFAULT_LIMIT, Dataset, Example, Options
+from gradmem_cli.tasks.qa import QA
 
 PEOPLE = ["Mary", "John", "Daniel", "Sandra"]
 GIVERS = ["Bill", "Fred", "Jeff", "Mary"]
@@ -202,14 +202,14 @@ def dataset(task: str, count: int, seed: int) -> list[dict[str, object]]:
     return out
 
 
-class Babi(Task):
+class Babi(QA):
     name = "babi"
     help = "bAbI qa1-qa5 stories, generated here (--task qa1..qa5)"
     instruction = " Answer with one word."
 
     def examples(self, data: Path | None, limit: int | None, seed: int, options: Options) -> Dataset:
         if data is not None:
-            return Dataset(load_qa(data), file_source(data))
+            return super().examples(data, limit, seed, options)
         if options.variant not in VARIANTS:
             raise GradmemError(f"unknown bAbI task '{options.variant}' (use {', '.join(VARIANTS)})")
         items = dataset(options.variant, limit or DEFAULT_LIMIT, seed)

@@ -48,8 +48,8 @@ def teacher_forced_em(model: MetaModel, tokenizer: Any, task: Task, samples: lis
 
 
 def steps_table(model_dir: str, pairs: int = 8, data: Path | None = None, steps: list[int] | None = None,
-                samples: int = 1000, seed: int = 12345, batch_size: int = 250, device: str = "auto"
-                ) -> list[dict[str, Any]]:
+                samples: int = 1000, seed: int = 12345, batch_size: int = 250, device: str = "auto",
+                dtype: str = "float32") -> list[dict[str, Any]]:
     """EM of a checkpoint on kv samples for each write step count K_eval (one row per K_eval).
 
     The checkpoint is loaded the way ``gradmem write`` loads it (``load_model``). A full-context
@@ -57,7 +57,7 @@ def steps_table(model_dir: str, pairs: int = 8, data: Path | None = None, steps:
     """
     from gradmem_cli.lm.loading import load_model
 
-    lm = load_model(model_dir, device=device, dtype="float32", quiet=True)
+    lm = load_model(model_dir, device=device, dtype=dtype, quiet=True)
     if data is not None:
         items = load_kv(data)
     else:

@@ -1,3 +1,3 @@
-"""Writers turn token segments into memory vectors (:mod:`~gradmem_cli.writers.base` is the
-interface, :func:`~gradmem_cli.writers.base.writer_for` picks one), under settings from
-:mod:`~gradmem_cli.writers.config`."""
+"""Writers turn token segments into memory vectors: the interface (:mod:`~gradmem_cli.writers.base`),
+the test-time optimiser and the trained write rule, and the settings they run under
+(:mod:`~gradmem_cli.writers.config`)."""

@@ -1,6 +1,6 @@
 """The writer interface: segments of token ids in, one memory per segment out.
 
-Two implementations, picked once per model by :func:`gradmem_cli.writers.writer_for`:
+Two implementations, picked once per model by :func:`gradmem_cli.engine.writer_for`:
 :class:`~gradmem_cli.writers.optimizer.OptimizerWriter` (test-time optimisation of the memory
 under an objective, for any LM) and :class:`~gradmem_cli.writers.trained.TrainedWriter` (the
 write rule a ``gradmem train`` checkpoint learned).
@@ -16,7 +16,6 @@ import torch
 
 if TYPE_CHECKING:
     from gradmem_cli.lm.loading import LoadedModel
-    from gradmem_cli.writers.config import ResolvedWrite
 
 
 @dataclass
@@ -54,10 +53,3 @@ class Writer(Protocol):
         """Write each segment into its own memory; yields results as segments finish (any order)."""
         ...
 
-
-def writer_for(cfg: ResolvedWrite) -> Writer:
-    """The trained write rule for ``--init learned`` (a checkpoint's default), else test-time optimisation."""
-    from gradmem_cli.writers.optimizer import OptimizerWriter
-    from gradmem_cli.writers.trained import TrainedWriter
-
-    return TrainedWriter(cfg) if cfg.init == "learned" else OptimizerWriter(cfg)
