@@ -44,7 +44,7 @@ def main() -> None:
         gap = res["gap_closed"]
         print(f"| {name} | {res['n']} | {main} | {m['no_context'][main]:.3f} | {m['memory'][main]:.3f} | "
               f"{m['full_context'][main]:.3f} | {'n/a' if gap is None else f'{gap:.2f}'} | "
-              f"{m['memory']['write_steps']:.0f} | {m['memory']['wall_seconds_per_example']:.1f} |")
+              f"{m['memory']['write_steps']:.0f} | {m['memory']['write_wall_seconds_per_example']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def main() -> None:
                             [*common, "--conditions", "memory,no-context,full-context", "--objective", "distill",
                              *shlex.split(args.distill)])
         r, d = recon["metrics"], distill["metrics"]
-        seconds = r["memory"]["wall_seconds_per_example"], d["memory"]["wall_seconds_per_example"]
+        seconds = r["memory"]["write_wall_seconds_per_example"], d["memory"]["write_wall_seconds_per_example"]
         agreement = f"{d['memory']['write_accuracy']:.2f}" if "write_accuracy" in d["memory"] else "n/a"
         print(f"| {task} | {recon['n']} | {r['no_context']['f1']:.3f} | {r['full_context']['f1']:.3f} | "
               f"{r['memory']['f1']:.3f} | {r['via_text']['f1']:.3f} | {d['memory']['f1']:.3f} | "

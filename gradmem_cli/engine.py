@@ -11,12 +11,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from gradmem_cli import __version__
 from gradmem_cli.errors import GradmemError
+from gradmem_cli.lm import adapter
 from gradmem_cli.lm.fingerprint import Fingerprint, kv_bytes_per_token, model_shape
 from gradmem_cli.lm.generate import Answer, Reader, reconstruct, with_context
 from gradmem_cli.lm.loading import ALIASES, LoadedModel, load_model
@@ -175,13 +177,16 @@ def reader_model_spec(memfile: MemoryFile, model: str | None) -> str:
 
 
 def load_reader_model(memfile: MemoryFile, model: str | None, device: str = "auto", dtype: str | None = None,
-                      quiet: bool = False) -> LoadedModel:
+                      quiet: bool = False, reader: Path | str | None = None) -> LoadedModel:
     """The model for a memory (:func:`reader_model_spec`), in the dtype it was written in unless
-    ``dtype`` says otherwise; a model of another architecture is refused before its weights load."""
+    ``dtype`` says otherwise, with a trained ``reader`` attached if given; a model of another
+    architecture is refused before its weights load."""
     header = memfile.header
     lm = load_model(reader_model_spec(memfile, model), device=device, dtype=dtype or header.dtype, quiet=quiet,
                     expect_config=header.model_fingerprint["config"])
     check_model(lm, memfile)
+    if reader is not None:
+        adapter.load(lm, reader)
     return lm
 
 

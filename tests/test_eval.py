@@ -107,7 +107,7 @@ def test_tiny_eval_end_to_end(run, tiny_chat_model, tmp_path):
     assert res["task"] == "babi" and res["n"] == 2 and res["main_metric"] == "f1"
     assert set(res["metrics"]) == {"memory", "no_context", "full_context"}
     mem = res["metrics"]["memory"]
-    assert {"em", "f1", "em_tf", "write_steps", "write_seconds", "seconds"} <= set(mem)
+    assert {"em", "f1", "em_tf", "contains", "write_steps", "write_seconds", "read_seconds", "write_wall_seconds_per_example"} <= set(mem)
     assert mem["write_steps"] > 0 and 0 <= mem["write_accuracy"] <= 1 and 0 <= mem["f1_to_full_context"] <= 1
     cfg = res["config"]
     assert cfg["write"]["lr"] == 0.3 and cfg["seed"] == 0 and cfg["model_fingerprint"]["config"]

@@ -16,7 +16,8 @@ import typer
 
 from gradmem_cli import __version__
 from gradmem_cli.cli.options import (
-    JsonOpt, ModelOpt, ReadModelOpt, RunOptions, SeedOpt, emit_json, run_options, write_json_lines, write_options,
+    JsonOpt, ModelOpt, ReadModelOpt, ReaderOpt, RunOptions, SeedOpt, emit_json, run_options, write_json_lines,
+    write_options,
 )
 from gradmem_cli.errors import GradmemError, UsageError
 from gradmem_cli.tasks import TASKS
@@ -81,6 +82,7 @@ def ask(
     file: Annotated[Path, typer.Argument(help="A .gmem memory file.")],
     question: Annotated[str, typer.Argument(help="The question, or - to read one question per line from stdin.")],
     model: ReadModelOpt = None,
+    reader: ReaderOpt = None,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 128,
     temperature: Annotated[float, typer.Option(help="0 = greedy; above 0 samples.")] = 0.0,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute the memory prefix for every question.")] = False,
@@ -104,7 +106,7 @@ def ask(
     if not questions:
         raise GradmemError("no question given")
     mem = memfile.load(file)
-    lm = engine.load_reader_model(mem, model, run.device, run.dtype, run.quiet)
+    lm = engine.load_reader_model(mem, model, run.device, run.dtype, run.quiet, reader=reader)
     asker = engine.open_asker(lm, mem, via, use_cache=not no_cache)
 
     def stream(text: str) -> None:
@@ -116,6 +118,7 @@ def ask(
                               on_text=None if run.json else stream, seed=seed)
         if run.json:
             emit_json({"file": str(file), "question": q, "answer": answer.text, "model": lm.spec, "via": via,
+                       "reader": str(reader) if reader else None,
                        "rebuild_seconds": asker.rebuild_seconds, "tokens": answer.tokens,
                        "seconds": round(answer.seconds, 4),
                        "first_token_seconds": None if answer.first_token_seconds is None
@@ -191,7 +194,12 @@ def eval_(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also save the result JSON here.")] = None,
     log_samples: Annotated[Optional[Path], typer.Option(help="Write one JSON line per example "
                                                         "(inputs, outputs, scores) here.")] = None,
+    memories: Annotated[Optional[Path], typer.Option(help="A memory store folder: contexts already written there "
+                                                     "with the same model and settings are read from it, the "
+                                                     "others are written into it (resumable, shared between runs).")]
+    = None,
     model: ModelOpt = None,
+    reader: ReaderOpt = None,
     cfg: WriteConfig = None,
     run: RunOptions = None,
 ) -> None:
@@ -202,8 +210,10 @@ def eval_(
     from gradmem_cli import engine
     from gradmem_cli.cli.progress import make_progress
     from gradmem_cli.evaluation.harness import EvalOptions, evaluate
+    from gradmem_cli.lm import adapter
     from gradmem_cli.lm.loading import load_model
     from gradmem_cli.memory.outputs import check_writable
+    from gradmem_cli.memory.store import MemoryStore
     from gradmem_cli.tasks import get_task
     from gradmem_cli.tasks.base import Options
 
@@ -213,17 +223,21 @@ def eval_(
     spec = get_task(task)
     dataset = spec.load(data, limit, cfg.seed, Options(pairs=pairs, variant=variant))
     lm = load_model(model, device=run.device, dtype=run.dtype, quiet=run.quiet)
+    if reader is not None:
+        adapter.load(lm, reader)
     cfg = cfg.resolve(lm)
+    store = MemoryStore(memories, lm, cfg) if memories is not None else None
     opts = EvalOptions(conditions=chosen, max_new_tokens=max_new_tokens)
     samples: list[dict] = []
     with make_progress(run.quiet) as progress:
         bars = {c: progress.add_task(c, total=len(dataset.examples), status="") for c in chosen}
         result = evaluate(lm, spec, dataset, cfg, opts, on_progress=lambda c, done: progress.update(bars[c], completed=done),
-                          on_sample=samples.append)
+                          on_sample=samples.append, store=store)
     result["config"] = {
         "task": task, "data": dataset.source, "limit": limit, "pairs": pairs if task == "kv" else None,
         "babi_task": variant if task == "babi" else None, "conditions": list(chosen),
         "max_new_tokens": max_new_tokens or spec.max_new_tokens, "seed": cfg.seed, "write": cfg.to_dict(),
+        "reader": str(reader) if reader else None, "memories": str(memories) if memories else None,
         **engine.provenance(lm), "device": str(lm.device),
     }
     if output:
@@ -256,6 +270,27 @@ def train(
     result = run_training(cfg, command=shlex.join(["gradmem", *sys.argv[1:]]))
     if json_out:
         emit_json(dataclasses.asdict(result))
+
+
+@app.command("train-reader")
+def train_reader(
+    config: Annotated[Optional[Path], typer.Argument(help="YAML file of reader settings (see configs/reader-*.yaml "
+                                                     "and gradmem_cli/training/reader.py).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting: KEY=VALUE (repeatable).")]
+    = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train a reader (a LoRA on only while reading) for memories the frozen model writes; resumes its run folder."""
+    import shlex
+
+    from gradmem_cli.training.config import load_config
+    from gradmem_cli.training.reader import ReaderTrainConfig
+    from gradmem_cli.training.reader import train_reader as run_training
+
+    cfg = load_config(config, set_ or [], ReaderTrainConfig)
+    result = run_training(cfg, command=shlex.join(["gradmem", *sys.argv[1:]]))
+    if json_out:
+        emit_json(result)
 
 
 def _parse_steps(text: str) -> list[int]:

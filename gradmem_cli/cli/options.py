@@ -27,6 +27,11 @@ ReadModelOpt = Annotated[
     typer.Option("--model", "-m", help="The model to read with [default: the one the file names, if it is a built-in "
                                        "alias or $GRADMEM_MODEL]; refused unless it is the model that wrote the file."),
 ]
+ReaderOpt = Annotated[
+    Optional[Path],
+    typer.Option("--reader", help="A trained reader folder (gradmem train-reader): a LoRA switched on only while "
+                                  "answering; memories are still written and rebuilt by the frozen model."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON result on stdout.")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
 

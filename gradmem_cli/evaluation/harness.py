@@ -25,6 +25,7 @@ from gradmem_cli.evaluation.metrics import f1, mean
 from gradmem_cli.lm.generate import Reader
 from gradmem_cli.lm.loading import LoadedModel
 from gradmem_cli.memory.documents import Document
+from gradmem_cli.memory.store import MemoryStore
 from gradmem_cli.tasks.base import Dataset, Task
 from gradmem_cli.writers.config import ResolvedWrite
 
@@ -59,30 +60,54 @@ class _Run:
         self.records = [{"id": ex.id, "context": ex.context, "question": ex.question, "answers": ex.answers}
                         for ex in self.examples]
         self.scores: dict[str, list[dict[str, float]]] = {}
+        self.write_wall_seconds = 0.0
 
-    def written(self, cfg: ResolvedWrite) -> None:
+    def _memories(self, contexts: list[str], cfg: ResolvedWrite, store: MemoryStore | None):
+        """(context index, memory, write figures) for every context, written now or taken from ``store``.
+
+        ``write_wall_seconds`` accumulates the time spent writing alone (not scoring), so a ratio of
+        two objectives' write times compares writes only.
+        """
+        if store is not None:
+            tick = time.perf_counter()
+            store.fill(contexts)
+            self.write_wall_seconds += time.perf_counter() - tick
+            for j, context in enumerate(contexts):
+                mem = store.get(context)
+                yield j, mem, {"write_steps": float(sum(mem.header.steps)), "write_accuracy": mean(mem.header.accuracy)}
+            return
+        docs = [Document.from_text(str(j), c) for j, c in enumerate(contexts)]
+        writes = engine.memorize(self.lm, docs, cfg)
+        while True:
+            tick = time.perf_counter()
+            item = next(writes, None)
+            self.write_wall_seconds += time.perf_counter() - tick
+            if item is None:
+                return
+            doc, mem, report = item
+            # write_accuracy: teacher-forced token accuracy (reconstruct) or greedy agreement with the
+            # teacher's probe answers (distill) of the kept memory, averaged over the document's segments.
+            yield int(doc.name), mem, {"write_steps": float(sum(report.steps)), "write_seconds": report.seconds,
+                                       "write_accuracy": mean(report.accuracy)}
+
+    def written(self, cfg: ResolvedWrite, store: MemoryStore | None = None) -> None:
         """memory and via-text: write each distinct context once (SQuAD has several questions per
         passage), then answer every question on it."""
         chosen = [c for c in WRITTEN if c in self.conditions]
         contexts = list(dict.fromkeys(ex.context for ex in self.examples))
         askers = {c: [i for i, ex in enumerate(self.examples) if ex.context == c] for c in contexts}
-        docs = [Document.from_text(str(j), c) for j, c in enumerate(contexts)]
         for c in chosen:
             self.scores[c] = [{} for _ in self.examples]
-        started, done = time.perf_counter(), 0
-        for doc, memfile, report in engine.memorize(self.lm, docs, cfg):
-            # write_accuracy: teacher-forced token accuracy (reconstruct) or greedy agreement with the
-            # teacher's probe answers (distill) of the kept memory, averaged over the document's segments.
-            write = {"write_steps": float(sum(report.steps)), "write_seconds": report.seconds,
-                     "write_accuracy": mean(report.accuracy)}
+        done = 0
+        for j, memfile, write in self._memories(contexts, cfg, store):
             reader = engine.open_reader(self.lm, memfile) if "memory" in chosen else None
             rebuilt = None
-            for i in askers[contexts[int(doc.name)]]:
+            for i in askers[contexts[j]]:
                 ex = self.examples[i]
                 if reader is not None:
                     start = time.perf_counter()
                     out, sc = self.task.respond(self.lm, reader, ex, None, memfile, self.budget)
-                    self._keep("memory", i, out, {**sc, **write, "seconds": report.seconds + time.perf_counter() - start})
+                    self._keep("memory", i, out, {**sc, **write, "read_seconds": time.perf_counter() - start})
                 if "via-text" in chosen:
                     start = time.perf_counter()
                     rebuilt = rebuilt if rebuilt is not None else engine.rebuild_text(self.lm, memfile)
@@ -90,15 +115,15 @@ class _Run:
                     out, sc = self.task.respond(self.lm, self.plain, ex, rebuilt, None, self.budget)
                     self._keep("via-text", i, {**out, "rebuilt": rebuilt}, {
                         **sc, **write, "rebuild_seconds": rebuild_seconds, "rebuilt_exact": float(rebuilt == ex.context),
-                        "seconds": report.seconds + time.perf_counter() - start})
+                        "read_seconds": time.perf_counter() - start})
                 done += 1
             for c in chosen:
                 self._progress(c, done)
-        # Writes run batched, so one example's span overlaps others': also give the amortised wall time.
-        amortised = (time.perf_counter() - started) / len(self.examples)
+        # Writes run batched, so one example's span overlaps others': the write time per example is the
+        # time spent writing alone (scoring excluded), spread over the examples.
         for c in chosen:
             for sc in self.scores[c]:
-                sc["wall_seconds_per_example"] = amortised
+                sc["write_wall_seconds_per_example"] = self.write_wall_seconds / len(self.examples)
 
     def plain_conditions(self) -> None:
         """no-context and full-context: the same model without memory."""
@@ -108,7 +133,7 @@ class _Run:
                 start = time.perf_counter()
                 context = ex.context if condition == "full-context" else None
                 out, sc = self.task.respond(self.lm, self.plain, ex, context, None, self.budget)
-                self._keep(condition, i, out, {**sc, "seconds": time.perf_counter() - start})
+                self._keep(condition, i, out, {**sc, "read_seconds": time.perf_counter() - start})
                 self._progress(condition, i + 1)
 
     def agreement_with_full_context(self) -> None:
@@ -148,15 +173,17 @@ def evaluate(
     opts: EvalOptions,
     on_progress: Callable[[str, int], None] | None = None,
     on_sample: Callable[[dict[str, Any]], None] | None = None,
+    store: MemoryStore | None = None,
 ) -> dict[str, Any]:
     """Run every condition over the dataset; returns per-condition means and per-example records.
 
     ``on_progress(condition, done)`` reports progress; ``on_sample(record)`` receives one record
-    per example (inputs, outputs, scores) once all its conditions are scored.
+    per example (inputs, outputs, scores) once all its conditions are scored. With a ``store``,
+    memories are taken from it (and the missing ones written into it) instead of written afresh.
     """
     run = _Run(lm, task, dataset, opts, on_progress)
     if any(c in opts.conditions for c in WRITTEN):
-        run.written(cfg)
+        run.written(cfg, store)
     run.plain_conditions()
     run.agreement_with_full_context()
     if on_sample:

@@ -3,7 +3,7 @@ gold continuation teacher-forced.
 
 The framed memory (the tokenizer's BOS if any, then every segment's vectors in order) goes through
 the model once; its KV cache is copied for each question, so asking many questions pays for the
-memory once. Generation is Hugging Face ``generate`` with ``inputs_embeds``; without memory the
+memory once. A trained reader (:mod:`~gradmem_cli.lm.adapter`), if attached, is on while answering. Generation is Hugging Face ``generate`` with ``inputs_embeds``; without memory the
 same prefix starts the prompt, so every condition shares one framing.
 """
 
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+
+from gradmem_cli.lm.adapter import reading
 
 if TYPE_CHECKING:
     from gradmem_cli.lm.loading import LoadedModel
@@ -54,7 +56,7 @@ def target_hits(lm: LoadedModel, memory: torch.Tensor | None, prompt: list[int],
     ids = torch.tensor([prompt + target], dtype=torch.long, device=lm.device)
     if memory is None and not lm.prefix_ids and not prompt:
         raise ValueError("the first target token needs something before it to be predicted from")
-    with torch.no_grad():
+    with torch.no_grad(), reading(lm):
         logits = lm.forward(None if memory is None else memory.reshape(1, -1, memory.shape[-1]), ids)
     predicted = logits[0, len(prompt):].argmax(-1).tolist()
     return [p == t for p, t in zip(predicted, target)]
@@ -113,7 +115,7 @@ class Reader:
             from transformers import DynamicCache
 
             self.cache = DynamicCache(config=lm.model.config)
-            with torch.no_grad():
+            with torch.no_grad(), reading(lm):
                 lm.model(inputs_embeds=lm.frame(self.memory), cache=self.cache, use_cache=True)
 
     def answer(
@@ -138,7 +140,7 @@ class Reader:
             kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
         start = time.perf_counter()
         streamer = _Streamer(lm, on_text, start)
-        with torch.no_grad():
+        with torch.no_grad(), reading(lm):
             out = lm.model.generate(
                 inputs_embeds=embeds,
                 attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=lm.device),

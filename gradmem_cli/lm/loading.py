@@ -109,6 +109,7 @@ class LoadedModel(MemoryLM):
         self.tokenizer = tokenizer
         self.fingerprint = fingerprint
         self.writer = writer
+        self.reader: Any = None  # an adapter.ReaderConfig once a trained reader is attached
 
     @property
     def hidden_size(self) -> int:

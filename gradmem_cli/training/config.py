@@ -186,11 +186,13 @@ def _parse_value(key: str, raw: str, default: Any) -> Any:
     return _coerce(key, value, default)
 
 
-def load_config(path: Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """A TrainConfig from a YAML file (any subset of fields) and ``key=value`` overrides."""
+def load_config(path: Path | None, overrides: list[str] = (), kind: type = None) -> Any:
+    """A training config (``kind``, default :class:`TrainConfig`) from a YAML file (any subset of
+    fields) and ``key=value`` overrides."""
     import yaml
 
-    defaults = TrainConfig().to_dict()
+    kind = kind or TrainConfig
+    defaults = kind().to_dict()
     values: dict[str, Any] = {}
     if path is not None:
         check_regular_file(Path(path))
@@ -213,6 +215,6 @@ def load_config(path: Path | None, overrides: list[str] = ()) -> TrainConfig:
             raise UsageError(f"--set {item}: expected KEY=VALUE with KEY one of the config fields")
         values[key] = _parse_value(key, raw, defaults[key])
     try:
-        return TrainConfig(**values).validate()
+        return kind(**values).validate()
     except TypeError as exc:
         raise UsageError(f"train config: {exc}") from None

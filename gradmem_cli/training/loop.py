@@ -28,7 +28,7 @@ from gradmem_cli.tasks.base import Example, Options
 from gradmem_cli.training.checkpoint_eval import teacher_forced_em
 from gradmem_cli.training.config import TrainConfig
 from gradmem_cli.training.distributed import Distributed, StopFlag
-from gradmem_cli.training.model import MetaModel, build, encode, load_model_weights, scores
+from gradmem_cli.training.model import build, encode, load_model_weights, save_model, scores
 from gradmem_cli.training.runfolder import Run, read_state
 
 
@@ -153,7 +153,8 @@ class _Trainer:
             self.run.log(f"curriculum: now training on {self.cfg.stages[self.meta['stage']]} pairs")
         summary = {"task": self.cfg.task, "pairs": pairs, "steps_trained": self.meta["step"], "eval": self.last_eval,
                    "batch_size": self.cfg.batch_size * self.dist.world, "lr": self.cfg.lr}
-        self.run.save(self.model, self.tokenizer, self.optimizer, dict(self.meta), summary, best)
+        self.run.save(lambda folder: save_model(self.model, self.tokenizer, self.cfg, folder, summary), self.optimizer,
+                      dict(self.meta), best)
         return done
 
     def _evaluate_and_decide(self) -> tuple[dict[str, Any], bool, bool]:

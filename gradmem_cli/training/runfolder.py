@@ -5,7 +5,7 @@ Layout::
     config.yaml            the resolved TrainConfig (a resume must agree with it)
     command.txt            every command line that started or resumed the run
     train.log              human-readable log; metrics.jsonl: one JSON record per log/eval
-    checkpoints/step-N/    model/ (a checkpoint folder, ``model.save_model``) and state/ (resume
+    checkpoints/step-N/    model/ (a checkpoint folder, or a reader folder) and state/ (resume
                            only: optimizer and RNG tensors in safetensors, step/stage/best in JSON)
     latest                 the name of the newest complete checkpoint
     best/                  the checkpoint folder with the best held-out EM at the final pair count
@@ -22,19 +22,20 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from gradmem_cli.errors import UsageError
-from gradmem_cli.training.model import MetaModel, save_model
 
 if TYPE_CHECKING:
     from gradmem_cli.training.config import TrainConfig
 
 # Fields a resumed run may change; any other difference from the saved config is refused.
-RESUMABLE_CHANGES = {"max_steps", "eval_every", "log_every", "threads", "keep_checkpoints", "stop_em",
-                     "max_minutes", "device", "eval_batch_size"}
+# (A moved folder, a memory store elsewhere, a longer run: the same training.)
+RESUMABLE_CHANGES = {"out", "memories", "cached_only", "max_steps", "eval_every", "log_every", "threads",
+                     "keep_checkpoints", "stop_em", "max_minutes", "device", "eval_batch_size"}
 
 
 def write_state(folder: Path, optimizer: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
@@ -76,7 +77,7 @@ def read_state(folder: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]
 class Run:
     """A run folder (see the module docstring); only the main process writes to it."""
 
-    def __init__(self, cfg: TrainConfig, main_process: bool = True):
+    def __init__(self, cfg: TrainConfig | Any, main_process: bool = True):
         self.cfg = cfg
         self.root = Path(cfg.out)
         self.main = main_process
@@ -135,15 +136,16 @@ class Run:
             with open(self.root / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
 
-    def save(self, model: MetaModel, tokenizer: Any, optimizer: torch.optim.Optimizer, meta: dict[str, Any],
-             summary: dict[str, Any], best: bool) -> None:
-        """Write checkpoint ``step-N`` atomically (temp folder, rename, then the ``latest`` pointer)."""
+    def save(self, write_model: Callable[[Path], None], optimizer: torch.optim.Optimizer, meta: dict[str, Any],
+             best: bool) -> None:
+        """Write checkpoint ``step-N`` atomically (temp folder, rename, then the ``latest`` pointer);
+        ``write_model(folder)`` writes what the checkpoint holds (a model folder, a reader folder)."""
         if not self.main:
             return
         name = f"step-{meta['step']:08d}"
         tmp = self.checkpoints / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        save_model(model, tokenizer, self.cfg, tmp / "model", summary)
+        write_model(tmp / "model")
         write_state(tmp / "state", optimizer, meta)
         final = self.checkpoints / name
         shutil.rmtree(final, ignore_errors=True)

@@ -1,0 +1,79 @@
+"""A folder of memories keyed by their text: write each text once, reuse it across runs.
+
+A memory of text T is stored as ``<sha256(T)>.gmem``. A stored file is used only if it records the
+same text hash, the same model and the same write settings; anything else is written again (and
+replaces it). Each file is saved the moment its write ends, so a stopped run keeps what it
+finished and the next run picks up from there. Evaluation (``gradmem eval --memories``) and reader
+training share stores, so a story is written once for both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gradmem_cli.errors import GradmemError
+from gradmem_cli.lm.fingerprint import Fingerprint
+from gradmem_cli.memory import memfile
+from gradmem_cli.memory.documents import Document
+from gradmem_cli.memory.memfile import MemoryFile
+
+if TYPE_CHECKING:
+    from gradmem_cli.lm.loading import LoadedModel
+    from gradmem_cli.writers.config import ResolvedWrite
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class MemoryStore:
+    """Memories of ``lm`` written with ``cfg``, in ``folder`` (created if missing)."""
+
+    def __init__(self, folder: Path | str, lm: LoadedModel, cfg: ResolvedWrite):
+        self.folder = Path(folder)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise GradmemError(f"cannot create folder {self.folder}: {exc.strerror}") from None
+        self.lm, self.cfg = lm, cfg
+        self.settings = json.loads(json.dumps(cfg.to_dict()))  # as a header holds it (tuples are lists)
+
+    def path(self, text: str) -> Path:
+        return self.folder / f"{text_key(text)}.gmem"
+
+    def get(self, text: str) -> MemoryFile | None:
+        """The stored memory of ``text`` if there is one written the way this store writes."""
+        path = self.path(text)
+        if not path.is_file():
+            return None
+        try:
+            mem = memfile.load(path)
+        except GradmemError:
+            return None
+        header = mem.header
+        write = {k: v for k, v in header.write.items() if k != "writer"}
+        same = (header.source.get("sha256") == text_key(text) and write == self.settings
+                and Fingerprint.from_dict(header.model_fingerprint).mismatch(self.lm.fingerprint) is None)
+        return mem if same else None
+
+    def missing(self, texts: Iterable[str]) -> list[str]:
+        return [t for t in dict.fromkeys(texts) if self.get(t) is None]
+
+    def fill(self, texts: Iterable[str], chunk: int = 8,
+             on_saved: Callable[[Document, MemoryFile], None] | None = None) -> int:
+        """Write every text that has no usable memory yet, ``chunk`` texts batched at a time; returns
+        how many were written."""
+        from gradmem_cli import engine
+
+        todo = self.missing(texts)
+        for start in range(0, len(todo), chunk):
+            docs = [Document.from_text(text_key(t), t) for t in todo[start:start + chunk]]
+            for doc, mem, _ in engine.memorize(self.lm, docs, self.cfg):
+                memfile.save(self.folder / f"{doc.name}.gmem", mem.memory, mem.header)
+                if on_saved:
+                    on_saved(doc, mem)
+        return len(todo)

@@ -1,0 +1,297 @@
+"""``gradmem train-reader``: a trained reader for the frozen writer (learning to read, on a CPU).
+
+The frozen model writes every story into memory exactly as ``gradmem write`` does (test-time
+optimisation, exact rebuild); a memory store keeps each once, across runs and stops. A LoRA that
+is switched on only while reading (:mod:`~gradmem_cli.lm.adapter`) is then trained on
+``[memory; question] -> answer``, with the loss on the answer tokens (and the end of the turn)
+alone. Writing is unchanged, so the reader reads every ``.gmem`` of its base model.
+
+Held-out stories are the ones ``gradmem eval babi --task QA --seed EVAL_SEED`` draws (the same
+examples, one question each); training stories come from a separate stream (every question a story
+answers), and any that equals a held-out story is dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gradmem_cli.errors import UsageError
+from gradmem_cli.evaluation.metrics import mean
+from gradmem_cli.lm import adapter
+from gradmem_cli.lm.generate import Reader, prompt_ids
+from gradmem_cli.lm.loading import LoadedModel, load_model
+from gradmem_cli.lm.memlm import lr_at, pad, token_loss
+from gradmem_cli.memory.memfile import MemoryFile
+from gradmem_cli.memory.store import MemoryStore
+from gradmem_cli.tasks import babi, get_task
+from gradmem_cli.tasks.base import Example, Options
+from gradmem_cli.training.distributed import StopFlag
+from gradmem_cli.training.runfolder import Run, read_state
+from gradmem_cli.writers.config import WriteConfig
+
+
+@dataclass
+class ReaderTrainConfig:
+    """A reader training run; a YAML file sets any subset, ``--set key=value`` overrides."""
+
+    out: str = "runs/reader-babi"
+    """Run folder: the memory store (unless ``memories`` names one), checkpoints, logs."""
+    model: str = "smollm2-135m-instruct"
+    """The frozen base model that writes the memories and that the reader adapts."""
+    variants: list[str] = field(default_factory=lambda: ["qa1"])
+    """bAbI tasks to train and evaluate on (qa1..qa5)."""
+    train_stories: int = 200
+    """Training stories per task (each written into one memory; all its questions are used)."""
+    eval_stories: int = 50
+    """Held-out stories per task: the first N that ``gradmem eval babi`` draws at ``eval_seed``."""
+    eval_seed: int = 0
+    """Seed of the held-out draw (``gradmem eval --seed``)."""
+    seed: int = 0
+    """Seeds the training stories, the LoRA's initial weights and the batches."""
+    memories: str = ""
+    """A memory store folder shared between runs (default: OUT/memories)."""
+    cached_only: bool = False
+    """Train only on stories whose memory is already stored (start before the store is full)."""
+    rank: int = 16
+    """LoRA rank."""
+    alpha: float = 32.0
+    """LoRA alpha (the update is scaled by alpha / rank)."""
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Modules the LoRA attaches to."""
+    lr: float = 1e-3
+    """AdamW peak learning rate."""
+    warmup_steps: int = 20
+    """Linear warm-up steps."""
+    schedule: str = "constant"
+    """After warm-up: constant or cosine (to 0 at max_steps)."""
+    batch_size: int = 8
+    """(memory, question, answer) rows per step."""
+    max_steps: int = 600
+    """Steps in all (a resumed run may raise it)."""
+    clip_grad: float = 1.0
+    """Clip the gradient norm to this; 0 turns clipping off."""
+    eval_every: int = 100
+    """Evaluate on the held-out stories and checkpoint every this many steps."""
+    log_every: int = 10
+    """Log the mean training loss every this many steps."""
+    max_new_tokens: int = 8
+    """Answer budget at evaluation."""
+    max_minutes: float = 0.0
+    """Stop (with a checkpoint) after this many minutes; 0 = no limit."""
+    threads: int = 0
+    """torch CPU threads; 0 leaves torch's default."""
+    device: str = "cpu"
+    """auto, cpu, cuda, cuda:N or mps."""
+    keep_checkpoints: int = 2
+    """Resumable checkpoints kept (the best reader is kept apart)."""
+
+    def validate(self) -> ReaderTrainConfig:
+        checks = [
+            (self.variants and all(v in babi.VARIANTS for v in self.variants), "variants must be among qa1..qa5"),
+            (self.train_stories >= 1 and self.eval_stories >= 1, "train_stories and eval_stories must be at least 1"),
+            (self.rank >= 1 and self.alpha > 0 and bool(self.targets), "rank >= 1, alpha > 0, targets not empty"),
+            (self.lr > 0 and self.batch_size >= 1 and self.max_steps >= 1, "lr > 0, batch_size and max_steps >= 1"),
+            (self.schedule in ("constant", "cosine"), "schedule must be constant or cosine"),
+            (self.eval_every >= 1 and self.log_every >= 1 and self.keep_checkpoints >= 1,
+             "eval_every, log_every and keep_checkpoints must be at least 1"),
+            (self.warmup_steps >= 0 and self.clip_grad >= 0 and self.max_minutes >= 0 and self.max_new_tokens >= 1,
+             "warmup_steps, clip_grad and max_minutes must be >= 0, max_new_tokens >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(f"reader config: {message}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Row:
+    """One training or held-out item: the story, one question, its answers."""
+
+    example: Example
+    variant: str
+
+
+def held_out(cfg: ReaderTrainConfig) -> list[Row]:
+    task = get_task("babi")
+    return [Row(ex, v) for v in cfg.variants
+            for ex in task.load(None, cfg.eval_stories, cfg.eval_seed, Options(variant=v)).examples]
+
+
+def training_rows(cfg: ReaderTrainConfig, exclude: set[str]) -> list[Row]:
+    """Every question of every training story, held-out stories excluded."""
+    rows = []
+    for v in cfg.variants:
+        for i, (context, questions) in enumerate(babi.stories(v, cfg.train_stories, cfg.seed, split="train")):
+            if context not in exclude:
+                rows.extend(Row(Example(f"{v}-train-{i}", context, q, [a]), v) for q, a in questions)
+    return rows
+
+
+class ReaderTrainer:
+    """The base model with a fresh reader, its memories, data, optimiser and run folder."""
+
+    def __init__(self, cfg: ReaderTrainConfig, command: str = ""):
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.cfg = cfg
+        self.task = get_task("babi")
+        self.lm: LoadedModel = load_model(cfg.model, device=cfg.device, quiet=True)
+        torch.manual_seed(cfg.seed)
+        adapter.attach(self.lm, adapter.ReaderConfig(
+            base_model=self.lm.spec, base_fingerprint=dataclasses.asdict(self.lm.fingerprint), rank=cfg.rank,
+            alpha=cfg.alpha, targets=list(cfg.targets)))
+        self.params = adapter.reader_parameters(self.lm)
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
+        self.run = Run(cfg)
+        self.run.check_config()
+        self.store = MemoryStore(cfg.memories or Path(cfg.out) / "memories", self.lm, WriteConfig().resolve(self.lm))
+        self.eval_rows = held_out(cfg)
+        self.train_rows = training_rows(cfg, {r.example.context for r in self.eval_rows})
+        self.meta: dict[str, Any] = {"step": 0, "best": [-1.0, -1.0], "best_step": 0}
+        self.memories: dict[str, MemoryFile] = {}
+        self.last_eval: dict[str, Any] | None = None
+        self._start(command)
+
+    def _start(self, command: str) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        latest = self.run.latest()
+        self.run.start(command)
+        if latest is not None:
+            state = load_file(str(latest / "model" / adapter.READER_WEIGHTS))
+            set_peft_model_state_dict(self.lm.model, state, adapter_name=adapter.ADAPTER)
+            self.meta = read_state(latest / "state", self.optimizer)
+            self.run.truncate_metrics(self.meta["step"])
+            self.run.log(f"resumed {self.run.root} from {latest.name} (step {self.meta['step']})")
+        else:
+            self.run.log(f"new reader run {self.run.root}: base {self.lm.spec}, LoRA rank {self.cfg.rank} on "
+                         f"{', '.join(self.cfg.targets)} ({sum(p.numel() for p in self.params):,} parameters)")
+
+    def prepare(self) -> None:
+        """Write the held-out and training stories that have no memory yet (resumable), then load them."""
+        texts = [r.example.context for r in self.eval_rows + self.train_rows]
+        if not self.cfg.cached_only:
+            missing = len(self.store.missing(texts))
+            self.run.log(f"memories: {len(set(texts)) - missing} stored, {missing} to write into {self.store.folder}")
+            self.store.fill(texts, on_saved=lambda doc, _: self.run.log(f"wrote memory {doc.name[:12]}"))
+        for text in dict.fromkeys(texts):
+            mem = self.store.get(text)
+            if mem is not None:
+                self.memories[text] = mem
+        self.train_rows = [r for r in self.train_rows if r.example.context in self.memories]
+        missing_eval = [r for r in self.eval_rows if r.example.context not in self.memories]
+        if missing_eval or not self.train_rows:
+            raise UsageError(f"{len(missing_eval)} held-out and {len(self.train_rows)} usable training memories: "
+                             "write them first (cached_only: false)")
+        stories = len({r.example.context for r in self.train_rows})
+        self.run.log(f"training on {len(self.train_rows)} questions about {stories} stories; held out: "
+                     f"{len(self.eval_rows)} questions")
+
+    def _rows(self, rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Memories [B, S*m, d] (rows of one memory length) and [question prompt; answer; end of turn]
+        ids with the mask of the tokens the loss counts."""
+        memory = torch.stack([self.memories[r.example.context].memory.reshape(-1, self.lm.hidden_size).float()
+                              for r in rows])
+        seqs, scored = [], []
+        for r in rows:
+            prompt = prompt_ids(self.lm, r.example.question + self.task.instruction)
+            answer = self.lm.tokenize(r.example.answers[0]) + [self.lm.tokenizer.eos_token_id]
+            seqs.append(prompt + answer)
+            scored.append([False] * len(prompt) + [True] * len(answer))
+        ids, mask = pad(seqs, self.lm.device)
+        answer_mask = torch.zeros_like(mask)
+        for i, marks in enumerate(scored):
+            answer_mask[i, : len(marks)] = torch.tensor(marks)
+        return memory, ids, mask, answer_mask
+
+    def step(self) -> float:
+        """One optimiser step on a batch drawn from (seed, step); returns the mean answer loss."""
+        cfg, step = self.cfg, self.meta["step"]
+        rng = random.Random(f"reader:{cfg.seed}:{step}")
+        batch = [self.train_rows[rng.randrange(len(self.train_rows))] for _ in range(cfg.batch_size)]
+        groups: dict[int, list[Row]] = {}
+        for r in batch:  # rows whose memories have as many segments go through together
+            groups.setdefault(self.memories[r.example.context].memory.shape[0], []).append(r)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg.lr, cfg.max_steps, cfg.warmup_steps, cfg.schedule)
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        with adapter.reading(self.lm):
+            for rows in groups.values():
+                memory, ids, mask, answer_mask = self._rows(rows)
+                loss = token_loss(self.lm.forward(memory, ids, mask), ids, answer_mask).sum() / cfg.batch_size
+                loss.backward()
+                total += loss.item()
+        torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_grad or float("inf"))
+        self.optimizer.step()
+        self.meta["step"] = step + 1
+        return total
+
+    def evaluate(self) -> dict[str, Any]:
+        """Held-out scores per task: the memory condition of ``gradmem eval babi --reader``."""
+        record: dict[str, Any] = {"step": self.meta["step"], "eval": True}
+        tick = time.perf_counter()
+        for v in self.cfg.variants:
+            scores = []
+            for r in (r for r in self.eval_rows if r.variant == v):
+                memfile = self.memories[r.example.context]
+                _, sc = self.task.respond(self.lm, Reader(self.lm, memfile.memory), r.example, None, memfile,
+                                          self.cfg.max_new_tokens)
+                scores.append(sc)
+            for k in ("em", "f1", "contains"):
+                record[f"{v}_{k}"] = mean([s[k] for s in scores])
+        record["em"] = mean([record[f"{v}_em"] for v in self.cfg.variants])
+        record["f1"] = mean([record[f"{v}_f1"] for v in self.cfg.variants])
+        record["seconds"] = time.perf_counter() - tick
+        return record
+
+    def checkpoint(self) -> None:
+        self.last_eval = record = self.evaluate()
+        best = [record["em"], record["f1"]] > self.meta["best"]
+        if best:
+            self.meta.update(best=[record["em"], record["f1"]], best_step=self.meta["step"])
+        self.run.log("eval " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                        for k, v in record.items() if k != "eval") + (" (best)" if best else ""),
+                     record)
+        self.lm.reader.training = {"task": "babi", "variants": self.cfg.variants, "train_stories":
+                                   len({r.example.context for r in self.train_rows}), "train_questions":
+                                   len(self.train_rows), "train_seed": self.cfg.seed, "steps": self.meta["step"],
+                                   "held_out": {k: v for k, v in record.items() if k not in ("eval", "seconds")},
+                                   "eval_seed": self.cfg.eval_seed, "write": self.store.settings}
+        self.run.save(lambda folder: adapter.save(self.lm, folder), self.optimizer, dict(self.meta), best)
+
+
+def train_reader(cfg: ReaderTrainConfig, command: str = "") -> dict[str, Any]:
+    """Run (or resume) a reader training; returns where it stopped, the best step and the last scores."""
+    cfg.validate()
+    trainer = ReaderTrainer(cfg, command)
+    trainer.prepare()
+    started, losses, stopped = time.perf_counter(), [], "max_steps"
+    with StopFlag() as stop:
+        while trainer.meta["step"] < cfg.max_steps:
+            losses.append(trainer.step())
+            step = trainer.meta["step"]
+            if step % cfg.log_every == 0:
+                trainer.run.log(f"step {step} loss {mean(losses):.4f}", {"step": step, "loss": mean(losses)})
+                losses = []
+            timed_out = cfg.max_minutes and (time.perf_counter() - started) / 60 >= cfg.max_minutes
+            if step % cfg.eval_every == 0 or step == cfg.max_steps or stop.requested or timed_out:
+                trainer.checkpoint()
+            if stop.requested or timed_out:
+                stopped = "interrupted" if stop.requested else "max_minutes"
+                break
+    trainer.run.log(f"stopped at step {trainer.meta['step']} ({stopped}); best EM {trainer.meta['best'][0]:.4f} "
+                    f"at step {trainer.meta['best_step']}")
+    return {"step": trainer.meta["step"], "stopped": stopped, "best_step": trainer.meta["best_step"],
+            "best_em": trainer.meta["best"][0], "last_eval": trainer.last_eval}
