@@ -31,6 +31,8 @@ def _memory_em(run, name: str, data: Path) -> float:
 def test_gradmem_checkpoint_reads_its_memories_and_beats_rmt(run, kv_file):
     gradmem = _memory_em(run, "kv8-gradmem", kv_file)
     rmt = _memory_em(run, "kv8-rmt", kv_file)
-    # Held-out EM of the shipped GradMem checkpoint is above 0.85 on 1000 samples; RMT's is 0.
-    assert gradmem >= 0.6
-    assert rmt <= gradmem - 0.4
+    # Measured on these 40 samples: GradMem 30 right (0.75; 0.82 on the first 200 of this stream,
+    # benchmarks/fixed_seed_writes.py), RMT none. The samples are fixed, so a drop of more than one
+    # answer means the checkpoint, or the code reading it, has changed.
+    assert gradmem >= 0.725
+    assert rmt <= 0.025

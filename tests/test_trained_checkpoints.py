@@ -121,7 +121,11 @@ def test_train_eval_table(checkpoints, run, tmp_path):
     result = run("train-eval", checkpoints["gradmem"], "--pairs", "2", "--samples", "6", "--steps", "1-3", "--json")
     assert result.code == 0, result.err
     rows = json.loads(result.out)["rows"]
-    assert [r["steps"] for r in rows] == [1, 2, 3] and all(0 <= r["em"] <= 1 for r in rows)
+    assert [r["steps"] for r in rows] == [1, 2, 3] and all(r["samples"] == 6 for r in rows)
+    # Each row is the EM of writing with that many steps: the same as evaluating with --steps K alone.
+    alone = json.loads(run("train-eval", checkpoints["gradmem"], "--pairs", "2", "--samples", "6", "--steps", "2",
+                           "--json").out)["rows"]
+    assert alone == [rows[1]]
     data = tmp_path / "kv.jsonl"
     data.write_text("".join(json.dumps(s.to_dict()) + "\n" for s in kv.dataset(3, 4, seed=1)))
     for name, steps in (("rmt", [1]), ("full", [None])):

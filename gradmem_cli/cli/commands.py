@@ -194,6 +194,9 @@ def eval_(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also save the result JSON here.")] = None,
     log_samples: Annotated[Optional[Path], typer.Option(help="Write one JSON line per example "
                                                         "(inputs, outputs, scores) here.")] = None,
+    memory_at: Annotated[str, typer.Option(help="Where the memory condition puts the memory: start (before the "
+                                           "chat template, as ask does) or context (inside the user turn, where "
+                                           "full-context puts the text).")] = "start",
     memories: Annotated[Optional[Path], typer.Option(help="A memory store folder: contexts already written there "
                                                      "with the same model and settings are read from it, the "
                                                      "others are written into it (resumable, shared between runs).")]
@@ -207,6 +210,8 @@ def eval_(
     chosen = _parse_conditions(conditions, task)
     if max_new_tokens is not None and max_new_tokens < 1:
         raise UsageError("--max-new-tokens must be at least 1")
+    if memory_at not in ("start", "context"):
+        raise UsageError("--memory-at must be start or context")
     from gradmem_cli import engine
     from gradmem_cli.cli.progress import make_progress
     from gradmem_cli.evaluation.harness import EvalOptions, evaluate
@@ -227,7 +232,7 @@ def eval_(
         adapter.load(lm, reader)
     cfg = cfg.resolve(lm)
     store = MemoryStore(memories, lm, cfg) if memories is not None else None
-    opts = EvalOptions(conditions=chosen, max_new_tokens=max_new_tokens)
+    opts = EvalOptions(conditions=chosen, max_new_tokens=max_new_tokens, memory_at=memory_at)
     samples: list[dict] = []
     with make_progress(run.quiet) as progress:
         bars = {c: progress.add_task(c, total=len(dataset.examples), status="") for c in chosen}
@@ -238,6 +243,7 @@ def eval_(
         "babi_task": variant if task == "babi" else None, "conditions": list(chosen),
         "max_new_tokens": max_new_tokens or spec.max_new_tokens, "seed": cfg.seed, "write": cfg.to_dict(),
         "reader": str(reader) if reader else None, "memories": str(memories) if memories else None,
+        "memory_at": memory_at,
         **engine.provenance(lm), "device": str(lm.device),
     }
     if output:

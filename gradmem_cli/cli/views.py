@@ -59,23 +59,30 @@ def show_inspect(result: dict[str, Any]) -> None:
 
 
 def show_eval(result: dict[str, Any]) -> None:
-    """The conditions side by side, one row per metric, and the share of the gap memory closes."""
-    metrics = result["metrics"]
+    """The conditions side by side, one row per metric with its 95 % interval, and the share of the
+    gap memory closes."""
+    metrics, intervals = result["metrics"], result.get("intervals", {})
     conditions = list(metrics)
-    table = Table(title=f"{result['task']}: n={result['n']}, main metric {result['main_metric']}",
-                  title_justify="left")
+    table = Table(title=f"{result['task']}: n={result['n']}, main metric {result['main_metric']} "
+                        "(95 % bootstrap intervals)", title_justify="left")
     table.add_column("metric", style="bold")
     for c in conditions:
         table.add_column(c.replace("_", "-"), justify="right")
     names = list(dict.fromkeys(k for c in conditions for k in metrics[c]))
     for name in names:
-        cells = [metrics[c].get(name) for c in conditions]
-        table.add_row(name, *("" if v is None else f"{v:.3f}" for v in cells))
+        cells = []
+        for c in conditions:
+            value, span = metrics[c].get(name), intervals.get(c, {}).get(name)
+            cells.append("" if value is None else f"{value:.3f}" + (f" [{span[0]:.2f}, {span[1]:.2f}]" if span else ""))
+        table.add_row(name, *cells)
     console.print(table)
-    for key in ("gap_closed", "gap_closed_via_text"):
-        if key in result:
-            gap = result[key]
-            console.print(f"{key}: {'n/a' if gap is None else f'{gap:.3f}'}")
+    for k in ("gap_closed", "gap_closed_via_text"):
+        if k in result:
+            gap = result[k]
+            span = intervals.get(k) if k == "gap_closed" else None
+            console.print(f"{k}: {'n/a' if gap is None else f'{gap:.3f}'}"
+                          + (f" [{span[0]:.2f}, {span[1]:.2f}] (defined in {intervals['gap_closed_defined']:.0%} "
+                             "of resamples)" if span else ""))
 
 
 def show_steps_table(model: str, rows: list[dict[str, Any]]) -> None:

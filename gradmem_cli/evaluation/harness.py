@@ -22,7 +22,7 @@ from typing import Any
 
 from gradmem_cli import engine
 from gradmem_cli.evaluation.metrics import f1, mean
-from gradmem_cli.lm.generate import Reader
+from gradmem_cli.lm.generate import MEMORY_SLOT, Reader
 from gradmem_cli.lm.loading import LoadedModel
 from gradmem_cli.memory.documents import Document
 from gradmem_cli.memory.store import MemoryStore
@@ -40,6 +40,7 @@ class EvalOptions:
 
     conditions: tuple[str, ...] = DEFAULT_CONDITIONS
     max_new_tokens: int | None = None  # per answer; None: the task's default
+    memory_at: str = "start"  # "start": [memory; prompt]; "context": the memory where full-context has the text
 
 
 def key(condition: str) -> str:
@@ -55,6 +56,7 @@ class _Run:
         self.lm, self.task, self.examples = lm, task, dataset.examples
         self.budget = opts.max_new_tokens or task.max_new_tokens
         self.conditions = opts.conditions
+        self.memory_slot = MEMORY_SLOT if opts.memory_at == "context" else None
         self.on_progress = on_progress
         self.plain = Reader(lm, None)
         self.records = [{"id": ex.id, "context": ex.context, "question": ex.question, "answers": ex.answers}
@@ -106,7 +108,7 @@ class _Run:
                 ex = self.examples[i]
                 if reader is not None:
                     start = time.perf_counter()
-                    out, sc = self.task.respond(self.lm, reader, ex, None, memfile, self.budget)
+                    out, sc = self.task.respond(self.lm, reader, ex, self.memory_slot, memfile, self.budget)
                     self._keep("memory", i, out, {**sc, **write, "read_seconds": time.perf_counter() - start})
                 if "via-text" in chosen:
                     start = time.perf_counter()
@@ -155,14 +157,45 @@ class _Run:
             self.on_progress(condition, done)
 
     def result(self) -> dict[str, Any]:
-        metrics = {key(c): {k: mean([s[k] for s in self.scores[c]]) for k in self.scores[c][0]}
-                   for c in CONDITIONS if self.scores.get(c)}
+        per_example = {key(c): {k: [s[k] for s in self.scores[c]] for k in self.scores[c][0]}
+                       for c in CONDITIONS if self.scores.get(c)}
+        metrics = {c: {k: mean(v) for k, v in values.items()} for c, values in per_example.items()}
         main = self.task.main_metric
         result = {"task": self.task.name, "n": len(self.examples), "main_metric": main, "metrics": metrics,
-                  "gap_closed": gap_closed(metrics, main)}
+                  "gap_closed": gap_closed(metrics, main),
+                  "intervals": bootstrap_intervals(per_example, main)}
         if "via_text" in metrics:
             result["gap_closed_via_text"] = gap_closed(metrics, main, "via_text")
         return result
+
+
+BOOTSTRAP_SAMPLES = 2000
+
+
+def bootstrap_intervals(per_example: dict[str, dict[str, list[float]]], main: str, level: float = 0.95,
+                        seed: int = 0) -> dict[str, Any]:
+    """95 % percentile-bootstrap intervals of every score's mean, and of ``gap_closed`` (examples are
+    resampled together across conditions, so the conditions stay paired). Timings are left out.
+
+    ``gap_closed`` is None in a resample where full context does not beat no context; its interval
+    is over the resamples where it is defined, and ``gap_closed_defined`` says in what share.
+    """
+    import numpy as np
+
+    n = len(next(iter(next(iter(per_example.values())).values())))
+    picks = np.random.default_rng(seed).integers(0, n, size=(BOOTSTRAP_SAMPLES, n))
+    tails = ((1 - level) / 2 * 100, (1 + level) / 2 * 100)
+    means = {c: {k: np.asarray(v, dtype=float)[picks].mean(1) for k, v in scores.items() if "seconds" not in k}
+             for c, scores in per_example.items()}
+    out: dict[str, Any] = {c: {k: [round(float(x), 4) for x in np.percentile(m, tails)] for k, m in ms.items()}
+                           for c, ms in means.items()}
+    if all(c in means and main in means[c] for c in ("memory", "no_context", "full_context")):
+        low, high = means["no_context"][main], means["full_context"][main]
+        defined = high - low > 0
+        gaps = (means["memory"][main][defined] - low[defined]) / (high - low)[defined]
+        out["gap_closed"] = [round(float(x), 4) for x in np.percentile(gaps, tails)] if gaps.size else None
+        out["gap_closed_defined"] = round(float(defined.mean()), 4)
+    return out
 
 
 def evaluate(

@@ -23,14 +23,12 @@ def exact_match(prediction: str, answers: list[str]) -> float:
 
 
 def f1(prediction: str, answers: list[str]) -> float:
-    """Best token-overlap F1 of the prediction against the gold answers (SQuAD v1.1)."""
+    """Best token-overlap F1 of the prediction against the gold answers (the SQuAD v1.1 script: no
+    shared token, an empty answer included, scores 0)."""
     pred = normalize_answer(prediction).split()
     best = 0.0
     for answer in answers:
         gold = normalize_answer(answer).split()
-        if not pred or not gold:
-            best = max(best, float(pred == gold))
-            continue
         common = sum((collections.Counter(pred) & collections.Counter(gold)).values())
         if common:
             precision, recall = common / len(pred), common / len(gold)

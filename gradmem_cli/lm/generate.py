@@ -50,15 +50,39 @@ def prompt_ids(lm: LoadedModel, user_text: str, template: bool = True) -> list[i
     return ids
 
 
-def target_hits(lm: LoadedModel, memory: torch.Tensor | None, prompt: list[int], target: list[int]) -> list[bool]:
+MEMORY_SLOT = "\ue000"  # marks where in a prompt the memory goes (a private-use character texts do not hold)
+
+
+def framed_prompt(lm: LoadedModel, user_text: str, template: bool = True) -> tuple[list[int], int]:
+    """The prompt's ids and how many of them come before the memory: none, unless the text holds
+    :data:`MEMORY_SLOT` (the memory then sits inside the prompt where the slot is, e.g. where the
+    full-context prompt has the text)."""
+    if MEMORY_SLOT not in user_text:
+        return prompt_ids(lm, user_text, template), 0
+    tok = lm.tokenizer
+    if template and getattr(tok, "chat_template", None):
+        text = tok.apply_chat_template([{"role": "user", "content": user_text}], add_generation_prompt=True,
+                                       tokenize=False)
+    else:
+        text = f"{user_text}\nAnswer:" if template else user_text
+    head, tail = text.split(MEMORY_SLOT, 1)
+    before = lm.tokenize(head)
+    if lm.prefix_ids and before[: len(lm.prefix_ids)] == lm.prefix_ids:
+        before = before[len(lm.prefix_ids):]
+    return before + lm.tokenize(tail), len(before)
+
+
+def target_hits(lm: LoadedModel, memory: torch.Tensor | None, prompt: list[int], target: list[int],
+                at: int = 0) -> list[bool]:
     """Teacher-forced check of a gold continuation: is each target token the argmax given
-    ``[prefix; memory; prompt; target before it]``? (The paper's exact-match metric.)"""
+    ``[prefix; prompt[:at]; memory; prompt[at:]; target before it]``? (The paper's exact-match metric.)"""
     ids = torch.tensor([prompt + target], dtype=torch.long, device=lm.device)
     if memory is None and not lm.prefix_ids and not prompt:
         raise ValueError("the first target token needs something before it to be predicted from")
+    embeds = lm.frame(None if memory is None else memory.reshape(1, -1, memory.shape[-1]), ids, at=at)
     with torch.no_grad(), reading(lm):
-        logits = lm.forward(None if memory is None else memory.reshape(1, -1, memory.shape[-1]), ids)
-    predicted = logits[0, len(prompt):].argmax(-1).tolist()
+        logits = lm.model(inputs_embeds=embeds, logits_to_keep=len(target) + 1, use_cache=False).logits
+    predicted = logits[0, :-1].argmax(-1).tolist()
     return [p == t for p, t in zip(predicted, target)]
 
 
@@ -128,10 +152,11 @@ class Reader:
         template: bool = True,
     ) -> Answer:
         lm = self.lm
-        ids = torch.tensor([prompt_ids(lm, user_text, template)], dtype=torch.long, device=lm.device)
-        embeds = lm.frame(self.memory, ids if ids.shape[1] else None)
+        prompt, at = framed_prompt(lm, user_text, template)
+        ids = torch.tensor([prompt], dtype=torch.long, device=lm.device)
+        embeds = lm.frame(self.memory, ids if ids.shape[1] else None, at=at)
         kwargs: dict = {}
-        if self.cache is not None:
+        if self.cache is not None and not at:  # the cache holds [prefix; memory]: only for a memory in front
             kwargs["cache"] = copy.deepcopy(self.cache)
         if temperature > 0:
             torch.manual_seed(seed)
@@ -154,6 +179,13 @@ class Reader:
         text = lm.tokenizer.decode(generated, skip_special_tokens=True)
         return Answer(text=text.strip(), ids=generated, tokens=len(generated), seconds=seconds,
                       first_token_seconds=streamer.first)
+
+
+    def hits(self, user_text: str, target: list[int], template: bool = True) -> list[bool]:
+        """:func:`target_hits` of ``target`` after this reader's memory and the prompt, framed as
+        :meth:`answer` frames it."""
+        prompt, at = framed_prompt(self.lm, user_text, template)
+        return target_hits(self.lm, self.memory, prompt, target, at)
 
 
 def reconstruct(lm: LoadedModel, memory: torch.Tensor, lengths: list[int]) -> list[list[int]]:

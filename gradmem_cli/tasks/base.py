@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from gradmem_cli.errors import GradmemError
 from gradmem_cli.evaluation.metrics import contains, exact_match, f1
-from gradmem_cli.lm.generate import Reader, prompt_ids, target_hits, with_context
+from gradmem_cli.lm.generate import Reader, with_context
 from gradmem_cli.memory.documents import decode_text, text_files
 from gradmem_cli.memory.fileio import check_regular_file
 
@@ -142,5 +142,5 @@ class Task:
         text = self.user_text(ex, context)
         answer = reader.answer(text, max_new_tokens=max_new_tokens, template=self.template)
         target, scored = self.target(lm.tokenizer, ex)
-        hits = target_hits(lm, reader.memory, prompt_ids(lm, text, self.template), target)
+        hits = reader.hits(text, target, self.template)
         return {"answer": answer.text}, self.score(answer.text, ex, [h for h, s in zip(hits, scored) if s])

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from gradmem_cli.errors import GradmemError
 from gradmem_cli.evaluation.metrics import token_accuracy
-from gradmem_cli.lm.generate import Reader, prompt_ids, reconstruct, target_hits, with_context
+from gradmem_cli.lm.generate import Reader, reconstruct, target_hits, with_context
 from gradmem_cli.memory.documents import decode_text, text_files
 from gradmem_cli.tasks.base import Dataset, Example, Options, Task, file_source, read_jsonl
 
@@ -58,18 +58,24 @@ class Recon(Task):
 
     def respond(self, lm: LoadedModel, reader: Reader, ex: Example, context: str | None,
                 memfile: MemoryFile | None, max_new_tokens: int) -> tuple[dict[str, Any], dict[str, float]]:
+        """Every condition on one footing: at most the text's length in tokens is generated and scored
+        the same way (exact text, token accuracy), and the teacher-forced accuracy is the text's tokens
+        checked after what the condition reads: the memory alone, segment by segment (its rebuild),
+        or the prompt asking to repeat the text."""
         source = lm.tokenize(ex.context)
+        extra: dict[str, float] = {}
         if memfile is not None:
-            header = memfile.header
-            rebuilt = [t for seg in reconstruct(lm, memfile.memory, header.tokens_per_segment) for t in seg]
-            vectors = memfile.memory.shape[0] * memfile.memory.shape[1]
-            tf = sum(a * n for a, n in zip(header.accuracy, header.tokens_per_segment)) / max(1, len(source))
-            return {"answer": lm.decode(rebuilt)}, {
-                "exact": float(lm.decode(rebuilt) == ex.context), "token_accuracy": token_accuracy(rebuilt, source),
-                "tf_token_accuracy": tf, "tokens_per_vector": len(source) / vectors}
-        text = RECON_PROMPT if context is None else with_context(RECON_PROMPT, context)
-        answer = reader.answer(text, max_new_tokens=len(source) + 8)
-        hits = target_hits(lm, None, prompt_ids(lm, text), source)
-        return {"answer": answer.text}, {"exact": float(answer.text.strip() == ex.context.strip()),
-                                         "token_accuracy": token_accuracy(lm.tokenize(answer.text), source),
-                                         "tf_token_accuracy": sum(hits) / len(hits)}
+            lengths = memfile.header.tokens_per_segment
+            text = lm.decode([t for seg in reconstruct(lm, memfile.memory, lengths) for t in seg])
+            starts = [sum(lengths[:i]) for i in range(len(lengths))]
+            hits = [h for s, (start, n) in enumerate(zip(starts, lengths))
+                    for h in target_hits(lm, memfile.memory[s], [], source[start:start + n])]
+            extra["tokens_per_vector"] = len(source) / (memfile.memory.shape[0] * memfile.memory.shape[1])
+        else:
+            prompt = RECON_PROMPT if context is None else with_context(RECON_PROMPT, context)
+            text = reader.answer(prompt, max_new_tokens=len(source)).text
+            hits = reader.hits(prompt, source)
+        return {"answer": text}, {
+            "exact": float(text.strip() == ex.context.strip()),
+            "token_accuracy": token_accuracy(lm.tokenize(text.strip()), lm.tokenize(ex.context.strip())),
+            "tf_token_accuracy": sum(hits) / len(hits), **extra}
