@@ -109,6 +109,21 @@ def test_bad_readers_are_refused(trained, run, tiny_chat_model, other_tiny_model
         run("eval", "kv", "-m", tiny_chat_model, "--reader", tmp_path, "--limit", "1"))
 
 
+def test_fine_tuned_baselines_train_on_the_same_stories(trained, run):
+    """input: context (full context, fine-tuned) and none (no context, fine-tuned) train the same way
+    on the stories the reader had memories for, with no memories of their own."""
+    run_dir, _, args = trained
+    for kind in ("context", "none"):
+        out = run_dir.parent / kind
+        changed = [a if not a.startswith("out=") else f"out={out}" for a in args]
+        result = run(*changed, "--set", f"input={kind}", "--set", f"memories={run_dir / 'memories'}",
+                     "--set", "cached_only=true", "--set", "max_steps=2", "--set", "eval_every=2", "--json")
+        assert result.code == 0, result.err
+        cfg = adapter.read_config(out / "best")
+        assert cfg.training["input"] == kind and cfg.training["train_stories"] == 4
+        assert not (out / "memories").exists()
+
+
 def test_memory_store_reuses_and_rewrites(tiny_model, tmp_path):
     lm = load_model(tiny_model, device="cpu")
     cfg = WriteConfig(lr=0.3, steps=300).resolve(lm)

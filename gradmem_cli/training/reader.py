@@ -37,6 +37,9 @@ from gradmem_cli.training.runfolder import Run, read_state
 from gradmem_cli.writers.config import WriteConfig
 
 
+INPUTS = ("memory", "context", "none")
+
+
 @dataclass
 class ReaderTrainConfig:
     """A reader training run; a YAML file sets any subset, ``--set key=value`` overrides."""
@@ -47,6 +50,10 @@ class ReaderTrainConfig:
     """The frozen base model that writes the memories and that the reader adapts."""
     variants: list[str] = field(default_factory=lambda: ["qa1"])
     """bAbI tasks to train and evaluate on (qa1..qa5)."""
+    input: str = "memory"
+    """What the reader reads before the question: ``memory`` (the story's memory: the reader), or the
+    baselines on the same data, ``context`` (the story in the prompt: full context, fine-tuned) and
+    ``none`` (the question alone: no context, fine-tuned)."""
     train_stories: int = 200
     """Training stories per task (each written into one memory; all its questions are used)."""
     eval_stories: int = 50
@@ -95,6 +102,7 @@ class ReaderTrainConfig:
     def validate(self) -> ReaderTrainConfig:
         checks = [
             (self.variants and all(v in babi.VARIANTS for v in self.variants), "variants must be among qa1..qa5"),
+            (self.input in INPUTS, f"input must be one of {', '.join(INPUTS)}"),
             (self.train_stories >= 1 and self.eval_stories >= 1, "train_stories and eval_stories must be at least 1"),
             (self.rank >= 1 and self.alpha > 0 and bool(self.targets), "rank >= 1, alpha > 0, targets not empty"),
             (self.lr > 0 and self.batch_size >= 1 and self.max_steps >= 1, "lr > 0, batch_size and max_steps >= 1"),
@@ -179,33 +187,45 @@ class ReaderTrainer:
                          f"{', '.join(self.cfg.targets)} ({sum(p.numel() for p in self.params):,} parameters)")
 
     def prepare(self) -> None:
-        """Write the held-out and training stories that have no memory yet (resumable), then load them."""
+        """Write the stories that have no memory yet (resumable) and load the memories. With
+        ``cached_only`` every input trains on the stories already stored, so a baseline and a reader
+        can be compared on the same stories."""
+        cfg = self.cfg
         texts = [r.example.context for r in self.eval_rows + self.train_rows]
-        if not self.cfg.cached_only:
+        if cfg.input == "memory" and not cfg.cached_only:
             missing = len(self.store.missing(texts))
             self.run.log(f"memories: {len(set(texts)) - missing} stored, {missing} to write into {self.store.folder}")
             self.store.fill(texts, on_saved=lambda doc, _: self.run.log(f"wrote memory {doc.name[:12]}"))
-        for text in dict.fromkeys(texts):
-            mem = self.store.get(text)
-            if mem is not None:
-                self.memories[text] = mem
-        self.train_rows = [r for r in self.train_rows if r.example.context in self.memories]
+        if cfg.input == "memory" or cfg.cached_only:
+            for text in dict.fromkeys(texts):
+                mem = self.store.get(text)
+                if mem is not None:
+                    self.memories[text] = mem
+            self.train_rows = [r for r in self.train_rows if r.example.context in self.memories]
         missing_eval = [r for r in self.eval_rows if r.example.context not in self.memories]
-        if missing_eval or not self.train_rows:
+        if (cfg.input == "memory" and missing_eval) or not self.train_rows:
             raise UsageError(f"{len(missing_eval)} held-out and {len(self.train_rows)} usable training memories: "
                              "write them first (cached_only: false)")
         stories = len({r.example.context for r in self.train_rows})
-        self.run.log(f"training on {len(self.train_rows)} questions about {stories} stories; held out: "
-                     f"{len(self.eval_rows)} questions")
+        self.run.log(f"input {cfg.input}: training on {len(self.train_rows)} questions about {stories} stories; "
+                     f"held out: {len(self.eval_rows)} questions")
 
-    def _rows(self, rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Memories [B, S*m, d] (rows of one memory length) and [question prompt; answer; end of turn]
-        ids with the mask of the tokens the loss counts."""
-        memory = torch.stack([self.memories[r.example.context].memory.reshape(-1, self.lm.hidden_size).float()
-                              for r in rows])
+    def _context(self, row: Row) -> str | None:
+        """What the prompt shows before the question: the story for ``input: context``, else nothing."""
+        return row.example.context if self.cfg.input == "context" else None
+
+    def _memory(self, row: Row) -> MemoryFile | None:
+        return self.memories[row.example.context] if self.cfg.input == "memory" else None
+
+    def _rows(self, rows: list[Row]) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Memories [B, S*m, d] (rows of one memory length; None without memory) and [prompt; answer;
+        end of turn] ids with the mask of the tokens the loss counts."""
+        memory = None
+        if self.cfg.input == "memory":
+            memory = torch.stack([self._memory(r).memory.reshape(-1, self.lm.hidden_size).float() for r in rows])
         seqs, scored = [], []
         for r in rows:
-            prompt = prompt_ids(self.lm, r.example.question + self.task.instruction)
+            prompt = prompt_ids(self.lm, self.task.user_text(r.example, self._context(r)))
             answer = self.lm.tokenize(r.example.answers[0]) + [self.lm.tokenizer.eos_token_id]
             seqs.append(prompt + answer)
             scored.append([False] * len(prompt) + [True] * len(answer))
@@ -222,7 +242,8 @@ class ReaderTrainer:
         batch = [self.train_rows[rng.randrange(len(self.train_rows))] for _ in range(cfg.batch_size)]
         groups: dict[int, list[Row]] = {}
         for r in batch:  # rows whose memories have as many segments go through together
-            groups.setdefault(self.memories[r.example.context].memory.shape[0], []).append(r)
+            mem = self._memory(r)
+            groups.setdefault(0 if mem is None else mem.memory.shape[0], []).append(r)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, cfg.lr, cfg.max_steps, cfg.warmup_steps, cfg.schedule)
         self.optimizer.zero_grad(set_to_none=True)
@@ -239,14 +260,16 @@ class ReaderTrainer:
         return total
 
     def evaluate(self) -> dict[str, Any]:
-        """Held-out scores per task: the memory condition of ``gradmem eval babi --reader``."""
+        """Held-out scores per task: the condition of ``gradmem eval babi --reader`` that matches the
+        input (memory, full-context or no-context)."""
         record: dict[str, Any] = {"step": self.meta["step"], "eval": True}
         tick = time.perf_counter()
         for v in self.cfg.variants:
             scores = []
             for r in (r for r in self.eval_rows if r.variant == v):
-                memfile = self.memories[r.example.context]
-                _, sc = self.task.respond(self.lm, Reader(self.lm, memfile.memory), r.example, None, memfile,
+                memfile = self._memory(r)
+                reader = Reader(self.lm, None if memfile is None else memfile.memory)
+                _, sc = self.task.respond(self.lm, reader, r.example, self._context(r), memfile,
                                           self.cfg.max_new_tokens)
                 scores.append(sc)
             for k in ("em", "f1", "contains"):
@@ -264,7 +287,8 @@ class ReaderTrainer:
         self.run.log("eval " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                         for k, v in record.items() if k != "eval") + (" (best)" if best else ""),
                      record)
-        self.lm.reader.training = {"task": "babi", "variants": self.cfg.variants, "train_stories":
+        self.lm.reader.training = {"task": "babi", "input": self.cfg.input, "variants": self.cfg.variants,
+                                   "train_stories":
                                    len({r.example.context for r in self.train_rows}), "train_questions":
                                    len(self.train_rows), "train_seed": self.cfg.seed, "steps": self.meta["step"],
                                    "held_out": {k: v for k, v in record.items() if k not in ("eval", "seconds")},
