@@ -224,3 +224,21 @@ def test_torchrun_two_processes(tmp_path):
     assert "processes 2" in log and "stopped at step 2" in log
     summary = json.loads((tmp_path / "run" / "best" / "gradmem_writer.json").read_text())["training"]
     assert summary["batch_size"] == 2 * TINY["batch_size"]
+
+
+def test_babi_trains_through_the_registry(tmp_path, tiny_chat_model):
+    """A pretrained backbone meta-trained on bAbI stories: the task comes from the registry, held-out
+    stories from the evaluation stream, and the outer loss falls on a few repeated steps."""
+    cfg = training_config.TrainConfig(out=str(tmp_path / "babi"), task="babi", variant="qa1", backbone=tiny_chat_model,
+                                      mem_tokens=2, inner_steps=1, inner_lr=0.1, batch_size=2, eval_samples=4,
+                                      eval_batch_size=4, max_steps=3, eval_every=3, warmup_steps=0, log_every=1,
+                                      threads=1, lr=1e-3).validate()
+    batch = training.train_samples(cfg, 0, 0, cfg.pairs)
+    assert all(ex.answers[0] in ex.context for ex in batch)
+    held_out = training.eval_samples(cfg, cfg.pairs)
+    assert [ex.context for ex in held_out] == [ex.context for ex in get_task("babi").load(None, 4, cfg.eval_seed,
+                                                                                          Options(variant="qa1")).examples]
+    result = training.train(cfg)
+    assert result.step == 3 and (tmp_path / "babi" / "best" / "gradmem_writer.json").is_file()
+    with pytest.raises(UsageError, match="kv only"):
+        training_config.TrainConfig(task="babi", curriculum=[2]).validate()

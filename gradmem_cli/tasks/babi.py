@@ -215,3 +215,11 @@ class Babi(QA):
         items = dataset(options.variant, limit or DEFAULT_LIMIT, seed)
         return Dataset([Example(f"{options.variant}-{i}", str(r["context"]), str(r["question"]), list(r["answers"]))
                         for i, r in enumerate(items)], {"generator": "babi", "task": options.variant, "seed": seed})
+
+    def train_example(self, rng: random.Random, options: Options) -> Example:
+        """A story from ``rng`` and one of its questions (``gradmem train`` draws a fresh one per row)."""
+        if options.variant not in VARIANTS:
+            raise GradmemError(f"unknown bAbI task '{options.variant}' (use {', '.join(VARIANTS)})")
+        context, questions = story(options.variant, rng)
+        question, answer = questions[rng.randrange(len(questions))]
+        return Example("", context, question, [answer])

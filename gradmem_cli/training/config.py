@@ -43,6 +43,8 @@ class TrainConfig:
     """The training task, from the task registry (``kv`` = the paper's key-value retrieval)."""
     pairs: int = 8
     """Key-value pairs per context, the final (and reported) load."""
+    variant: str = "qa1"
+    """babi: which bAbI task to train on (qa1..qa5)."""
     curriculum: list[int] = field(default_factory=list)
     """Smaller pair counts to train on first, e.g. [2, 4]; each stage ends when held-out EM at its
     load reaches ``advance_em``. Empty: train on ``pairs`` from the start."""
@@ -130,6 +132,7 @@ class TrainConfig:
             (all(isinstance(p, int) and 1 <= p < self.pairs for p in self.curriculum)
              and list(self.curriculum) == sorted(set(self.curriculum)),
              "curriculum must be increasing pair counts below pairs"),
+            (self.task == "kv" or not self.curriculum, "curriculum (of pair counts) applies to kv only"),
             (0 < self.advance_em <= 1, "advance_em must be in (0, 1]"),
             (self.writer in WRITERS, f"writer must be one of {', '.join(WRITERS)}"),
             (self.grad_mode in ("none", "first", "second"), "grad_mode must be none, first or second"),

@@ -36,12 +36,13 @@ def train_samples(cfg: TrainConfig, step: int, rank: int, pairs: int) -> list[Ex
     """The batch of one step on one process: a pure function of (seed, step, rank, pairs)."""
     rng = random.Random(f"train:{cfg.seed}:{step}:{rank}")
     task = get_task(cfg.task)
-    return [task.train_example(rng, Options(pairs=pairs)) for _ in range(cfg.batch_size)]
+    return [task.train_example(rng, Options(pairs=pairs, variant=cfg.variant)) for _ in range(cfg.batch_size)]
 
 
 def eval_samples(cfg: TrainConfig, pairs: int) -> list[Example]:
     """The fixed held-out split for a pair count (a seed stream the training batches never use)."""
-    return get_task(cfg.task).load(None, cfg.eval_samples, cfg.eval_seed, Options(pairs=pairs)).examples
+    options = Options(pairs=pairs, variant=cfg.variant)
+    return get_task(cfg.task).load(None, cfg.eval_samples, cfg.eval_seed, options).examples
 
 
 @dataclass
