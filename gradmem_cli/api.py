@@ -24,6 +24,7 @@ from typing import Any
 
 from gradmem_cli import engine
 from gradmem_cli.errors import GradmemError, UsageError
+from gradmem_cli.lm import adapter
 from gradmem_cli.lm.generate import Answer
 from gradmem_cli.lm.loading import LoadedModel, load_model
 from gradmem_cli.memory import memfile
@@ -158,10 +159,14 @@ class Gradmem:
 
 
 def load(model: str | None = None, device: str = "auto", dtype: str = "float32", offline: bool = False,
-         quiet: bool = True) -> Gradmem:
+         quiet: bool = True, reader: str | Path | None = None) -> Gradmem:
     """Load a model: an alias, a Hugging Face id, a folder or a ``.gguf`` (default: ``$GRADMEM_MODEL``
-    or smollm2-135m-instruct)."""
+    or smollm2-135m-instruct); ``reader`` attaches a trained reader (``gradmem train-reader``), on
+    only while answering."""
     if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
-    return Gradmem(load_model(model, device=device, dtype=dtype, quiet=quiet))
+    lm = load_model(model, device=device, dtype=dtype, quiet=quiet)
+    if reader is not None:
+        adapter.load(lm, reader)
+    return Gradmem(lm)
 

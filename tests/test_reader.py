@@ -88,6 +88,19 @@ def test_ask_with_a_reader_and_its_switch(trained, run, tiny_chat_model, tmp_pat
     assert plain["answer"] is not None
 
 
+def test_api_reads_with_a_reader(trained, tiny_chat_model, run, tmp_path):
+    import gradmem_cli as gm
+
+    run_dir, _, _ = trained
+    model = gm.load(tiny_chat_model, device="cpu", reader=run_dir / "best")
+    memory = model.write("Mary went to the kitchen.", lr=0.3, steps=300)
+    path = memory.save(tmp_path / "m.gmem")
+    cli = run("ask", path, "Where is Mary?", "-m", tiny_chat_model, "--reader", run_dir / "best", "--json",
+              "--max-new-tokens", "4")
+    assert json.loads(cli.out)["answer"] == model.ask(memory, "Where is Mary?", max_new_tokens=4)
+    assert model.reconstruct(memory) == "Mary went to the kitchen."  # rebuilt by the frozen model
+
+
 def test_bad_readers_are_refused(trained, run, tiny_chat_model, other_tiny_model, tmp_path):
     run_dir, _, _ = trained
     doc = tmp_path / "s.txt"
