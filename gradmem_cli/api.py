@@ -100,8 +100,8 @@ class Gradmem:
         return [written[id(d)] for d in docs]
 
     def _asker(self, memory: Memory, via: str) -> engine.Asker:
-        if via not in ("memory", "text"):
-            raise UsageError("via must be memory or text")
+        if via not in engine.VIAS:
+            raise UsageError(f"via must be one of {', '.join(engine.VIAS)}")
         return engine.open_asker(self.lm, memory.file, via)
 
     def answer(self, memory: Memory, question: str, via: str = "memory", **generation: Any) -> Answer:

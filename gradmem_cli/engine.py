@@ -232,8 +232,8 @@ def rebuild_text(lm: LoadedModel, memfile: MemoryFile) -> str:
 
 @dataclass
 class Asker:
-    """Answers questions about one memory: reading its vectors (``via="memory"``), or first rebuilding
-    its text and reading that as the full context (``via="text"``)."""
+    """Answers questions about one memory: reading its vectors (``via="memory"``), first rebuilding
+    its text and reading that as the full context (``via="text"``), or without it (``via="none"``)."""
 
     reader: Reader
     context: str | None = None  # the rebuilt text (via text)
@@ -244,9 +244,17 @@ class Asker:
         return self.reader.answer(prompt, **generation)
 
 
+VIAS = ("memory", "text", "none")
+
+
 def open_asker(lm: LoadedModel, memfile: MemoryFile, via: str = "memory", use_cache: bool = True) -> Asker:
+    """``via`` memory: read the vectors; text: rebuild the text, then read it as full context; none:
+    the same model without the memory (the no-context answer, for comparison)."""
     if via == "memory":
         return Asker(open_reader(lm, memfile, use_cache=use_cache))
+    if via == "none":
+        check_model(lm, memfile)
+        return Asker(Reader(lm, None))
     start = time.perf_counter()
     text = rebuild_text(lm, memfile)
     return Asker(Reader(lm, None), text, round(time.perf_counter() - start, 4))

@@ -330,3 +330,6 @@ def test_ask_via_text_equals_full_context(run, written, tiny_model):
     expected = Reader(lm, None).answer(with_context(TEXT, "Who keeps it?"), max_new_tokens=6).text
     assert answer["answer"] == expected  # the memory rebuilds TEXT exactly, so this is the full-context answer
     assert run("ask", written, "q", "--via", "telepathy", "-m", tiny_model).code == 2
+    none = json.loads(run("ask", written, "Who keeps it?", "--via", "none", "--max-new-tokens", "6", "--json",
+                          "-m", tiny_model).out)
+    assert none["answer"] == Reader(lm, None).answer("Who keeps it?", max_new_tokens=6).text  # no memory read

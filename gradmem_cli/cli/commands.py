@@ -87,7 +87,8 @@ def ask(
     temperature: Annotated[float, typer.Option(help="0 = greedy; above 0 samples.")] = 0.0,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute the memory prefix for every question.")] = False,
     via: Annotated[str, typer.Option(help="memory: read the vectors directly; text: first rebuild the text from "
-                                     "memory (greedy), then answer with it in the prompt.")] = "memory",
+                                     "memory (greedy), then answer with it in the prompt; none: answer without "
+                                     "the memory (the no-context answer, for comparison).")] = "memory",
     seed: SeedOpt = 0,
     run: RunOptions = None,
 ) -> None:
@@ -96,9 +97,10 @@ def ask(
         raise UsageError("--max-new-tokens must be at least 1")
     if temperature < 0:
         raise UsageError("--temperature must be 0 or more")
-    if via not in ("memory", "text"):
-        raise UsageError("--via must be memory or text")
     from gradmem_cli import engine
+
+    if via not in engine.VIAS:
+        raise UsageError(f"--via must be one of {', '.join(engine.VIAS)}")
     from gradmem_cli.memory import memfile
 
     questions = [q.strip() for q in sys.stdin] if question == "-" else [question.strip()]
