@@ -5,6 +5,9 @@ results are kept under OUT (default out/eval_table), so an interrupted run resum
 stopped. Prints a markdown table.
 
     .venv/bin/python benchmarks/eval_table.py [--limit N] [--out DIR] [-- extra gradmem eval options]
+
+Every figure has its 95 % bootstrap interval. ``-- --memories DIR`` reuses a memory store (the
+stories the reader benchmarks wrote), so only the reading is paid again.
 """
 
 from __future__ import annotations
@@ -37,15 +40,21 @@ def main() -> None:
         path = args.out / (name.split(" (")[0].replace(", ", "-").replace(" ", "-") + ".json")
         limit = [] if row[0] == "recon" else ["--limit", str(args.limit)]
         results.append((name, eval_once(path, [*row, *limit, *args.extra])))
-    print("| task | n | metric | no-context | memory | full-context | gap closed | write steps | s per example |")
+    print("| task | n | metric | no-context | memory | full-context | gap closed | memory: contains | write steps |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, res in results:
-        m, main = res["metrics"], res["main_metric"]
-        gap = res["gap_closed"]
-        print(f"| {name} | {res['n']} | {main} | {m['no_context'][main]:.3f} | {m['memory'][main]:.3f} | "
-              f"{m['full_context'][main]:.3f} | {'n/a' if gap is None else f'{gap:.2f}'} | "
-              f"{m['memory']['write_steps']:.0f} | {m['memory']['write_wall_seconds_per_example']:.1f} |")
+        m, main, ci = res["metrics"], res["main_metric"], res["intervals"]
 
+        def cell(condition: str, metric: str = main) -> str:
+            if metric not in m[condition]:
+                return "n/a"
+            low, high = ci[condition][metric]
+            return f"{m[condition][metric]:.3f} [{low:.2f}, {high:.2f}]"
+
+        gap, span = res["gap_closed"], ci.get("gap_closed")
+        gap_cell = "n/a" if gap is None else f"{gap:.2f}" + (f" [{span[0]:.2f}, {span[1]:.2f}]" if span else "")
+        print(f"| {name} | {res['n']} | {main} | {cell('no_context')} | {cell('memory')} | {cell('full_context')} | "
+              f"{gap_cell} | {cell('memory', 'contains')} | {m['memory']['write_steps']:.0f} |")
 
 if __name__ == "__main__":
     main()

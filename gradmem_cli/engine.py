@@ -122,6 +122,7 @@ def memorize(
     """
     flat: list[list[int]] = []
     owner: list[_Pending] = []
+    seeds: list[int] = []  # by the segment's place in its own document: batching never changes a memory
     for doc in docs:
         ids = lm.tokenize(doc.text)
         if not ids:
@@ -130,6 +131,7 @@ def memorize(
         pending = _Pending(doc, len(ids), len(flat), len(segs))
         flat.extend(segs)
         owner.extend([pending] * len(segs))
+        seeds.extend(cfg.seed * 1_000_003 + i for i in range(len(segs)))
 
     def forward(stats: StepStats) -> None:
         p = owner[stats.index]
@@ -138,7 +140,7 @@ def memorize(
         if on_step:
             on_step(p.doc, stats.index - p.first, stats)
 
-    for result in writer_for(cfg).write(lm, flat, forward):
+    for result in writer_for(cfg).write(lm, flat, forward, seeds):
         p = owner[result.index]
         p.results[result.index] = result
         if len(p.results) < p.count:

@@ -40,40 +40,117 @@ def write(
                                                    "or a folder input [default: next to each input]")] = None,
     model: ModelOpt = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing .gmem files (never any other file).")] = False,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Leave alone every output that already holds "
+                                                "this text's memory, written by this model with these settings.")]
+    = False,
+    workers: Annotated[int, typer.Option(help="Processes for several documents (each loads the model once and uses "
+                                         "cores/N threads) [default 0: one per CPU core on the CPU, one on a GPU].")]
+    = 0,
     cfg: WriteConfig = None,
     run: RunOptions = None,
 ) -> None:
-    """Write text into memory vectors and save them as .gmem files (the text itself is not stored)."""
-    from gradmem_cli import engine
-    from gradmem_cli.cli.progress import console, write_progress
+    """Write text into memory vectors and save them as .gmem files (the text itself is not stored).
+
+    Under torchrun each process writes its share of the (sorted) documents and rank 0 reports them all.
+    """
+    from gradmem_cli.cli.progress import console
     from gradmem_cli.lm.loading import load_model
-    from gradmem_cli.memory import memfile
     from gradmem_cli.memory.documents import read_inputs
     from gradmem_cli.memory.outputs import claim_outputs, output_paths
+    from gradmem_cli.memory.store import written_as
+    from gradmem_cli.processes import Distributed, default_workers
 
+    if workers < 0:
+        raise UsageError("--workers must be 0 (automatic) or more")
     docs = read_inputs(inputs)
     paths = output_paths(inputs, docs, output)
-    states = claim_outputs(docs, paths, force)
-    lm = load_model(model, device=run.device, dtype=run.dtype, quiet=run.quiet)
-    cfg = cfg.resolve(lm)
-    out_of = {id(d): (p, state) for d, p, state in zip(docs, paths, states)}
+    dist = Distributed()
+    try:
+        docs, paths = docs[dist.rank::dist.world], paths[dist.rank::dist.world]
+        device = dist.device(run.device)
+        lm = load_model(model, device=str(device), dtype=run.dtype, quiet=run.quiet)
+        cfg_resolved = cfg.resolve(lm)
+        done = [skip_existing and written_as(p, d.sha256, lm, cfg_resolved) is not None for d, p in zip(docs, paths)]
+        todo = [(d, p) for (d, p), skip in zip(zip(docs, paths), done) if not skip]
+        skipped = [str(p) for p, skip in zip(paths, done) if skip]
+        states = claim_outputs([d for d, _ in todo], [p for _, p in todo], force)
+        count = workers or default_workers(run.device if dist.world == 1 else str(device), len(todo))
+        if not todo:
+            reports = []
+        elif count > 1 and all(d.path is not None for d, _ in todo):
+            reports = _write_in_workers(todo, states, model, cfg, cfg_resolved, run, count)
+        else:
+            reports = _write_here(lm, todo, states, cfg_resolved, run)
+        gathered = dist.gather_json({"files": reports, "skipped": skipped}, device)
+    finally:
+        dist.close()
+    if gathered is None:
+        return
+    reports = [r for part in gathered for r in part["files"]]
+    skipped = [s for part in gathered for s in part["skipped"]]
+    if run.json:
+        emit_json({"files": reports, "skipped": skipped})
+    elif not run.quiet:
+        for r in reports:
+            console.print(f"{r['input']} -> {r['output']}: {r['tokens']} tokens, {r['segments']} segment(s), "
+                          f"steps {r['steps']}, accuracy {r['accuracy']}, {r['seconds']:.1f} s")
+        if skipped:
+            console.print(f"skipped {len(skipped)} file(s) that already hold their memory (--skip-existing)")
+
+
+def _warn_unsolved(report: dict, cfg: WriteConfig, quiet: bool) -> None:
+    from gradmem_cli.cli.progress import console
+
+    if not quiet and cfg.init != "learned" and min(report["accuracy"]) < cfg.target_acc:
+        console.print(f"[yellow]warning:[/yellow] {report['input']}: not every segment reached --target-acc "
+                      f"{cfg.target_acc} in the steps allowed (accuracy {report['accuracy']})")
+
+
+def _write_here(lm, todo: list, states: list, cfg, run: RunOptions) -> list[dict]:
+    """Write in this process: segments of all documents batched together, each file saved when done."""
+    from gradmem_cli import engine
+    from gradmem_cli.cli.progress import write_progress
+    from gradmem_cli.memory import memfile
+
+    out_of = {id(d): (p, state) for (d, p), state in zip(todo, states)}
     reports = []
     with write_progress(run.quiet) as progress:
-        for doc, mem, report in engine.memorize(lm, docs, cfg, progress.on_step):
+        for doc, mem, report in engine.memorize(lm, [d for d, _ in todo], cfg, progress.on_step):
             path, state = out_of[id(doc)]
             memfile.save(path, mem.memory, mem.header, expected=state)
             report.output = str(path)
-            reports.append(report)
+            reports.append(report.to_dict())
             progress.finished(doc, report.segments)
-            if not run.quiet and cfg.init != "learned" and min(report.accuracy) < cfg.target_acc:
-                console.print(f"[yellow]warning:[/yellow] {doc.name}: not every segment reached "
-                              f"--target-acc {cfg.target_acc} in {cfg.steps} steps (accuracy {report.accuracy})")
-    if run.json:
-        emit_json({"files": [r.to_dict() for r in reports]})
-    elif not run.quiet:
-        for r in reports:
-            console.print(f"{r.input} -> {r.output}: {r.tokens} tokens, {r.segments} segment(s), "
-                          f"steps {r.steps}, accuracy {r.accuracy}, {r.seconds:.1f} s")
+            _warn_unsolved(reports[-1], cfg, run.quiet)
+    return reports
+
+
+def _write_in_workers(todo: list, states: list, model: str | None, options: WriteConfig, cfg, run: RunOptions,
+                      count: int) -> list[dict]:
+    """Write on ``count`` worker processes (each resolves ``options`` for its model as this one did
+    into ``cfg``); one bar for all documents."""
+    import os
+
+    from gradmem_cli.cli.progress import make_progress
+    from gradmem_cli.processes import WriteItem, WriteJob, write_in_workers
+
+    items = [WriteItem(str(d.path), str(p), state) for (d, p), state in zip(todo, states)]
+    job = WriteJob(model, run.device, run.dtype, max(1, (os.cpu_count() or 1) // count), options.to_dict())
+    reports: list[dict] = []
+    with make_progress(run.quiet) as progress:
+        bar = progress.add_task(f"{len(items)} files on {count} processes", total=len(items), status="")
+
+        def on_event(event: tuple) -> None:
+            if event[0] == "step":
+                _, name, segment, step, loss, acc, _ = event
+                progress.update(bar, status=f"{name} seg {segment + 1} step {step} loss {loss:.3f} acc {acc:.3f}")
+            else:
+                reports.append(event[1])
+                progress.update(bar, advance=1)
+                _warn_unsolved(event[1], cfg, run.quiet)
+
+        write_in_workers(items, job, count, on_event)
+    return reports
 
 
 @app.command()

@@ -30,6 +30,27 @@ def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def settings(cfg: ResolvedWrite) -> dict:
+    """Write settings as a header records them (JSON: tuples become lists)."""
+    return json.loads(json.dumps(cfg.to_dict()))
+
+
+def written_as(path: Path, sha256: str, lm: LoadedModel, cfg: ResolvedWrite) -> MemoryFile | None:
+    """The memory at ``path`` if it is a valid ``.gmem`` of the text with this hash, written by this
+    model with these settings; else None (also for a missing or damaged file)."""
+    if not path.is_file():
+        return None
+    try:
+        mem = memfile.load(path)
+    except GradmemError:
+        return None
+    header = mem.header
+    write = {k: v for k, v in header.write.items() if k != "writer"}
+    same = (header.source.get("sha256") == sha256 and write == settings(cfg)
+            and Fingerprint.from_dict(header.model_fingerprint).mismatch(lm.fingerprint) is None)
+    return mem if same else None
+
+
 class MemoryStore:
     """Memories of ``lm`` written with ``cfg``, in ``folder`` (created if missing)."""
 
@@ -40,25 +61,14 @@ class MemoryStore:
         except OSError as exc:
             raise GradmemError(f"cannot create folder {self.folder}: {exc.strerror}") from None
         self.lm, self.cfg = lm, cfg
-        self.settings = json.loads(json.dumps(cfg.to_dict()))  # as a header holds it (tuples are lists)
+        self.settings = settings(cfg)
 
     def path(self, text: str) -> Path:
         return self.folder / f"{text_key(text)}.gmem"
 
     def get(self, text: str) -> MemoryFile | None:
         """The stored memory of ``text`` if there is one written the way this store writes."""
-        path = self.path(text)
-        if not path.is_file():
-            return None
-        try:
-            mem = memfile.load(path)
-        except GradmemError:
-            return None
-        header = mem.header
-        write = {k: v for k, v in header.write.items() if k != "writer"}
-        same = (header.source.get("sha256") == text_key(text) and write == self.settings
-                and Fingerprint.from_dict(header.model_fingerprint).mismatch(self.lm.fingerprint) is None)
-        return mem if same else None
+        return written_as(self.path(text), text_key(text), self.lm, self.cfg)
 
     def missing(self, texts: Iterable[str]) -> list[str]:
         return [t for t in dict.fromkeys(texts) if self.get(t) is None]

@@ -27,7 +27,7 @@ from gradmem_cli.tasks import get_task
 from gradmem_cli.tasks.base import Example, Options
 from gradmem_cli.training.checkpoint_eval import teacher_forced_em
 from gradmem_cli.training.config import TrainConfig
-from gradmem_cli.training.distributed import Distributed, StopFlag
+from gradmem_cli.processes import Distributed, StopFlag
 from gradmem_cli.training.model import build, encode, load_model_weights, save_model, scores
 from gradmem_cli.training.runfolder import Run, read_state
 

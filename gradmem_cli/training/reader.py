@@ -32,7 +32,7 @@ from gradmem_cli.memory.memfile import MemoryFile
 from gradmem_cli.memory.store import MemoryStore
 from gradmem_cli.tasks import babi, get_task
 from gradmem_cli.tasks.base import Example, Options
-from gradmem_cli.training.distributed import StopFlag
+from gradmem_cli.processes import StopFlag
 from gradmem_cli.training.runfolder import Run, read_state
 from gradmem_cli.writers.config import WriteConfig
 

@@ -48,8 +48,9 @@ OnStep = Callable[[StepStats], None]
 
 
 class Writer(Protocol):
-    def write(self, lm: LoadedModel, segments: list[list[int]], on_step: OnStep | None = None
-              ) -> Iterator[SegmentResult]:
-        """Write each segment into its own memory; yields results as segments finish (any order)."""
+    def write(self, lm: LoadedModel, segments: list[list[int]], on_step: OnStep | None = None,
+              seeds: list[int] | None = None) -> Iterator[SegmentResult]:
+        """Write each segment into its own memory; yields results as segments finish (any order).
+        ``seeds`` seed each segment's random start (default: from the write seed and its index)."""
         ...
 

@@ -82,14 +82,15 @@ class OptimizerWriter:
             active.append(state)
             used += self._cost(lm, state)
 
-    def write(self, lm: LoadedModel, segments: list[list[int]], on_step: OnStep | None = None
-              ) -> Iterator[SegmentResult]:
+    def write(self, lm: LoadedModel, segments: list[list[int]], on_step: OnStep | None = None,
+              seeds: list[int] | None = None) -> Iterator[SegmentResult]:
         cfg = self.cfg
         if any(len(s) == 0 for s in segments):
             raise ValueError("empty segment")
         states = []
         for index, ids in enumerate(segments):
-            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index)
+            seed = seeds[index] if seeds is not None else cfg.seed * 1_000_003 + index
+            generator = torch.Generator().manual_seed(seed)
             states.append(_State(Segment(index, ids), initial_memory(lm, ids, cfg, generator), DTYPES[cfg.store_dtype]))
         if cfg.optimizer == "adam":
             optimizer = torch.optim.Adam([{"params": [s.param]} for s in states], lr=cfg.lr, betas=cfg.betas)

@@ -37,8 +37,9 @@ class TrainedWriter:
     def __init__(self, cfg: ResolvedWrite):
         self.cfg = cfg
 
-    def write(self, lm: LoadedModel, segments: list[list[int]], on_step: OnStep | None = None
-              ) -> Iterator[SegmentResult]:
+    def write(self, lm: LoadedModel, segments: list[list[int]], on_step: OnStep | None = None,
+              seeds: list[int] | None = None) -> Iterator[SegmentResult]:
+        """(``seeds`` are not used: the trained rule starts from its learned M0.)"""
         cfg, writer = self.cfg, lm.writer
         for rows in _batches(segments, cfg.batch_tokens, equal_lengths=writer.cfg.kind == "rmt"):
             seqs = [segments[i] for i in rows]
