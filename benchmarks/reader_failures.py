@@ -1,0 +1,47 @@
+"""How a reader's bAbI qa1 answers fail: for each answer of an eval run, is it the person's last
+room (right), a room the person was in earlier, a room someone else went to, or no room of the story?
+
+    gradmem eval babi --task qa1 --reader DIR --log-samples S.jsonl ...
+    .venv/bin/python benchmarks/reader_failures.py S.jsonl [--condition memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+from pathlib import Path
+
+MOVE = re.compile(r"(\w+) (?:moved to|went to|journeyed to|travelled to|went back to) the (\w+)")
+
+
+def classify(record: dict, condition: str) -> str:
+    person = record["question"].rstrip("?").split()[-1]
+    moves = MOVE.findall(record["context"])
+    own = [room for who, room in moves if who == person]
+    answer = record[condition]["answer"].lower().strip(" .!")
+    if answer == own[-1]:
+        return "right: the person's last room"
+    if answer in own:
+        return "a room the person was in earlier"
+    if answer in {room for _, room in moves}:
+        return "a room someone else went to"
+    if answer in {"bathroom", "bedroom", "garden", "hallway", "kitchen", "office"}:
+        return "a room the story does not mention"
+    return "not a room"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("samples", type=Path)
+    parser.add_argument("--condition", default="memory")
+    args = parser.parse_args()
+    records = [json.loads(line) for line in args.samples.read_text().splitlines()]
+    counts = collections.Counter(classify(r, args.condition) for r in records)
+    for kind, n in counts.most_common():
+        print(f"{kind}: {n} of {len(records)} ({n / len(records):.0%})")
+
+
+if __name__ == "__main__":
+    main()
