@@ -4,6 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-done
 DEMO   := out/demo
+READER := samples/readers/smollm2-babi
+QUESTION := Where is Mary? Answer with one word.
 
 .PHONY: setup setup-qwen demo test clean
 
@@ -26,8 +28,12 @@ demo: setup
 	mkdir -p $(DEMO)
 	$(BIN)/gradmem write samples/lighthouse.txt -o $(DEMO)/lighthouse.gmem --force
 	$(BIN)/gradmem inspect $(DEMO)/lighthouse.gmem
-	$(BIN)/gradmem ask $(DEMO)/lighthouse.gmem "Who keeps the lighthouse?"
 	$(BIN)/gradmem inspect $(DEMO)/lighthouse.gmem --reconstruct --against samples/lighthouse.txt
+	$(BIN)/gradmem write samples/story.txt -o $(DEMO)/story.gmem --force
+	@echo "--- Where is Mary? (samples/story.txt; the answer is: office)"
+	@printf "no context, frozen model:    "; $(BIN)/gradmem ask $(DEMO)/story.gmem "$(QUESTION)" --via none --max-new-tokens 16
+	@printf "full context, frozen model:  "; $(BIN)/gradmem ask $(DEMO)/story.gmem "$(QUESTION)" --via text --max-new-tokens 16
+	@printf "memory + shipped reader:     "; $(BIN)/gradmem ask $(DEMO)/story.gmem "$(QUESTION)" --via text --reader $(READER)
 
 test: setup
 	$(BIN)/python -m pytest -q
