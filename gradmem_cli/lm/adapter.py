@@ -26,6 +26,7 @@ import torch
 
 from gradmem_cli.errors import GradmemError
 from gradmem_cli.lm.fingerprint import Fingerprint
+from gradmem_cli.memory.fileio import read_config_json
 
 if TYPE_CHECKING:
     from gradmem_cli.lm.loading import LoadedModel
@@ -126,21 +127,9 @@ def save(lm: LoadedModel, folder: Path) -> None:
 
 def read_config(folder: Path) -> ReaderConfig:
     path = Path(folder) / READER_JSON
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GradmemError(f"{folder} is not a reader folder (no {READER_JSON})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GradmemError(f"{path}: not a readable reader config ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != READER_FORMAT:
-        raise GradmemError(f"{path} is not a gradmem reader config")
-    if str(data.get("format_version", "")).split(".")[0] != READER_FORMAT_VERSION.split(".")[0]:
-        raise GradmemError(f"{path}: reader format {data.get('format_version')} is not supported by this gradmem")
-    known = {f.name for f in dataclasses.fields(ReaderConfig)}
-    try:
-        return ReaderConfig(**{k: v for k, v in data.items() if k in known}).validate()
-    except TypeError as exc:
-        raise GradmemError(f"{path}: {exc}") from None
+    if not path.exists():
+        raise GradmemError(f"{folder} is not a reader folder (no {READER_JSON})")
+    return read_config_json(path, ReaderConfig, READER_FORMAT, READER_FORMAT_VERSION, "reader config")
 
 
 def load(lm: LoadedModel, folder: Path | str) -> ReaderConfig:

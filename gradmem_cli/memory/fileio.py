@@ -12,6 +12,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from gradmem_cli.errors import GradmemError
 
@@ -46,6 +47,27 @@ def check_regular_file(path: Path) -> None:
         raise GradmemError(f"cannot read {path}: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
         raise GradmemError(f"not a regular file: {path}")
+
+
+def read_config_json(path: Path, cls: type, format_name: str, version: str, what: str) -> Any:
+    """A dataclass ``cls`` from a versioned JSON file (its ``format`` and major ``format_version`` must
+    match; unknown keys are ignored, for later minor versions); every defect is a one-line error."""
+    import dataclasses
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GradmemError(f"{path}: not a readable {what} ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != format_name:
+        raise GradmemError(f"{path} is not a gradmem {what}")
+    if str(data.get("format_version", "")).split(".")[0] != version.split(".")[0]:
+        raise GradmemError(f"{path}: {what} format {data.get('format_version')} is not supported by this gradmem")
+    known = {f.name for f in dataclasses.fields(cls)}
+    try:
+        return cls(**{k: v for k, v in data.items() if k in known}).validate()
+    except TypeError as exc:
+        raise GradmemError(f"{path}: {exc}") from None
 
 
 def _default_mode() -> int:

@@ -23,20 +23,64 @@ def trainable_tasks() -> list[str]:
 
 
 @dataclass
-class TrainConfig:
-    """Everything about a training run; a YAML file sets any subset, ``--set key=value`` overrides."""
+class LoopSettings:
+    """What every training run has: its folder, seed and device, and the outer loop's optimiser,
+    schedule, evaluation and checkpoint rhythm. :class:`TrainConfig` and the reader's config add
+    their own fields; a YAML file sets any subset, ``--set key=value`` overrides."""
 
-    # --- run ---
     out: str = "runs/kv8-gradmem"
     """Run folder: checkpoints, logs, the resolved config. An existing run there is resumed."""
     seed: int = 0
     """Seeds the initial weights and the training samples."""
     device: str = "auto"
     """auto, cpu, cuda, cuda:N or mps. Under torchrun each process takes cuda:LOCAL_RANK."""
-    dtype: str = "float32"
-    """float32, or bfloat16 (autocast; weights and optimizer state stay float32)."""
     threads: int = 0
     """torch CPU threads; 0 leaves torch's default (all cores)."""
+    batch_size: int = 16
+    """Samples per step and process (the global batch is this times the number of processes)."""
+    lr: float = 1e-3
+    """AdamW peak learning rate."""
+    warmup_steps: int = 500
+    """Linear warm-up from 0 to ``lr``."""
+    schedule: str = "constant"
+    """After warm-up: ``constant`` or ``cosine`` (decay to 0 at ``max_steps``)."""
+    clip_grad: float = 1.0
+    """Clip the global gradient norm to this; 0 turns clipping off."""
+    max_steps: int = 20000
+    """Outer steps in all (a resumed run may raise it)."""
+    max_minutes: float = 0.0
+    """Stop (with a checkpoint) after this many minutes of this invocation; 0 = no limit."""
+    eval_every: int = 500
+    """Evaluate, checkpoint and apply the curriculum every this many steps."""
+    log_every: int = 50
+    """Log the mean training loss and EM every this many steps."""
+    keep_checkpoints: int = 2
+    """Resumable checkpoints kept (the best model is kept apart)."""
+
+    def loop_checks(self) -> list[tuple[bool, str]]:
+        return [
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.lr > 0, "lr must be positive"),
+            (self.schedule in ("constant", "cosine"), "schedule must be constant or cosine"),
+            (self.warmup_steps >= 0 and self.max_steps >= 1, "warmup_steps >= 0 and max_steps >= 1"),
+            (self.clip_grad >= 0 and self.max_minutes >= 0, "clip_grad and max_minutes must be >= 0"),
+            (self.eval_every >= 1 and self.log_every >= 1 and self.keep_checkpoints >= 1,
+             "eval_every, log_every and keep_checkpoints must be at least 1"),
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def lr_at(self, step: int) -> float:
+        return lr_at(step, self.lr, self.max_steps, self.warmup_steps, self.schedule)
+
+
+@dataclass
+class TrainConfig(LoopSettings):
+    """Meta-training through the WRITE loop (``gradmem train``): the task, the backbone, the writer."""
+
+    dtype: str = "float32"
+    """float32, or bfloat16 (autocast; weights and optimizer state stay float32)."""
 
     # --- task ---
     task: str = "kv"
@@ -90,38 +134,17 @@ class TrainConfig:
     warm starts, e.g. 64 pairs from a 16-pair run. Empty: fresh weights."""
 
     # --- outer optimisation ---
-    batch_size: int = 16
-    """Samples per step and process (the global batch is this times the number of processes)."""
-    lr: float = 1e-3
-    """AdamW peak learning rate."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     """AdamW betas."""
     weight_decay: float = 0.0
     """AdamW weight decay (on every parameter; the paper uses 0)."""
-    warmup_steps: int = 500
-    """Linear warm-up from 0 to ``lr``."""
-    schedule: str = "constant"
-    """After warm-up: ``constant`` or ``cosine`` (decay to 0 at ``max_steps``)."""
-    clip_grad: float = 1.0
-    """Clip the global gradient norm to this; 0 turns clipping off."""
-    max_steps: int = 20000
-    """Outer steps in all (a resumed run may raise it)."""
-    max_minutes: float = 0.0
-    """Stop (with a checkpoint) after this many minutes of this invocation; 0 = no limit."""
-
     # --- evaluation and checkpoints ---
-    eval_every: int = 500
-    """Evaluate, checkpoint and apply the curriculum every this many steps."""
     eval_samples: int = 1000
     """Held-out samples per evaluation (fixed, generated from ``eval_seed``)."""
     eval_seed: int = 12345
     """Seeds the held-out samples (training samples come from a separate seed stream)."""
     eval_batch_size: int = 250
     """Samples per forward pass during evaluation."""
-    log_every: int = 50
-    """Log the mean training loss and EM every this many steps."""
-    keep_checkpoints: int = 2
-    """Resumable checkpoints kept (the best model is kept apart)."""
     stop_em: float = 1.0
     """Stop once held-out EM at the final pair count reaches this (the paper stops at 1.0)."""
 
@@ -140,14 +163,9 @@ class TrainConfig:
             (self.inner_steps >= 1 or self.writer == "full", "inner_steps must be at least 1"),
             (self.inner_lr > 0, "inner_lr must be positive"),
             (self.dtype in ("float32", "bfloat16"), "dtype must be float32 or bfloat16"),
-            (self.batch_size >= 1 and self.eval_batch_size >= 1, "batch sizes must be at least 1"),
-            (self.lr > 0 and len(self.betas) == 2, "lr must be positive and betas two numbers"),
-            (self.schedule in ("constant", "cosine"), "schedule must be constant or cosine"),
-            (self.warmup_steps >= 0 and self.max_steps >= 1, "warmup_steps >= 0 and max_steps >= 1"),
-            (self.clip_grad >= 0 and self.max_minutes >= 0, "clip_grad and max_minutes must be >= 0"),
-            (self.eval_every >= 1 and self.log_every >= 1 and self.eval_samples >= 1,
-             "eval_every, log_every and eval_samples must be at least 1"),
-            (self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1"),
+            *self.loop_checks(),
+            (self.eval_batch_size >= 1 and self.eval_samples >= 1, "eval_batch_size and eval_samples must be >= 1"),
+            (len(self.betas) == 2, "betas must be two numbers"),
             (min(self.layers, self.hidden, self.heads, self.ffn, self.max_positions) >= 1
              and self.hidden % self.heads == 0, "layers/hidden/heads/ffn must be positive, hidden divisible by heads"),
         ]
@@ -156,15 +174,9 @@ class TrainConfig:
                 raise UsageError(f"train config: {message}")
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @property
     def stages(self) -> list[int]:
         return [*self.curriculum, self.pairs]
-
-    def lr_at(self, step: int) -> float:
-        return lr_at(step, self.lr, self.max_steps, self.warmup_steps, self.schedule)
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:

@@ -27,11 +27,12 @@ from gradmem_cli.evaluation.metrics import mean
 from gradmem_cli.lm import adapter
 from gradmem_cli.lm.generate import Reader, prompt_ids
 from gradmem_cli.lm.loading import LoadedModel, load_model
-from gradmem_cli.lm.memlm import lr_at, pad, token_loss
+from gradmem_cli.lm.memlm import pad, token_loss
 from gradmem_cli.memory.memfile import MemoryFile
 from gradmem_cli.memory.store import MemoryStore
 from gradmem_cli.tasks import babi, get_task
 from gradmem_cli.tasks.base import Example, Options
+from gradmem_cli.training.config import LoopSettings
 from gradmem_cli.processes import StopFlag
 from gradmem_cli.training.runfolder import Run, read_state
 from gradmem_cli.writers.config import WriteConfig
@@ -41,11 +42,18 @@ INPUTS = ("memory", "context", "none")
 
 
 @dataclass
-class ReaderTrainConfig:
-    """A reader training run; a YAML file sets any subset, ``--set key=value`` overrides."""
+class ReaderTrainConfig(LoopSettings):
+    """A reader training run (the loop settings it shares with ``gradmem train``, other defaults)."""
 
+    # A CPU-sized run by default (the fields are documented in LoopSettings; the run folder also
+    # holds the memory store unless ``memories`` names one, and a step is batch_size questions).
     out: str = "runs/reader-babi"
-    """Run folder: the memory store (unless ``memories`` names one), checkpoints, logs."""
+    device: str = "cpu"
+    batch_size: int = 8
+    warmup_steps: int = 20
+    max_steps: int = 600
+    eval_every: int = 100
+    log_every: int = 10
     model: str = "smollm2-135m-instruct"
     """The frozen base model that writes the memories and that the reader adapts."""
     variants: list[str] = field(default_factory=lambda: ["qa1"])
@@ -60,8 +68,6 @@ class ReaderTrainConfig:
     """Held-out stories per task: the first N that ``gradmem eval babi`` draws at ``eval_seed``."""
     eval_seed: int = 0
     """Seed of the held-out draw (``gradmem eval --seed``)."""
-    seed: int = 0
-    """Seeds the training stories, the LoRA's initial weights and the batches."""
     memories: str = ""
     """A memory store folder shared between runs (default: OUT/memories)."""
     cached_only: bool = False
@@ -72,53 +78,22 @@ class ReaderTrainConfig:
     """LoRA alpha (the update is scaled by alpha / rank)."""
     targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     """Modules the LoRA attaches to."""
-    lr: float = 1e-3
-    """AdamW peak learning rate."""
-    warmup_steps: int = 20
-    """Linear warm-up steps."""
-    schedule: str = "constant"
-    """After warm-up: constant or cosine (to 0 at max_steps)."""
-    batch_size: int = 8
-    """(memory, question, answer) rows per step."""
-    max_steps: int = 600
-    """Steps in all (a resumed run may raise it)."""
-    clip_grad: float = 1.0
-    """Clip the gradient norm to this; 0 turns clipping off."""
-    eval_every: int = 100
-    """Evaluate on the held-out stories and checkpoint every this many steps."""
-    log_every: int = 10
-    """Log the mean training loss every this many steps."""
     max_new_tokens: int = 8
     """Answer budget at evaluation."""
-    max_minutes: float = 0.0
-    """Stop (with a checkpoint) after this many minutes; 0 = no limit."""
-    threads: int = 0
-    """torch CPU threads; 0 leaves torch's default."""
-    device: str = "cpu"
-    """auto, cpu, cuda, cuda:N or mps."""
-    keep_checkpoints: int = 2
-    """Resumable checkpoints kept (the best reader is kept apart)."""
 
     def validate(self) -> ReaderTrainConfig:
         checks = [
+            *self.loop_checks(),
             (self.variants and all(v in babi.VARIANTS for v in self.variants), "variants must be among qa1..qa5"),
             (self.input in INPUTS, f"input must be one of {', '.join(INPUTS)}"),
             (self.train_stories >= 1 and self.eval_stories >= 1, "train_stories and eval_stories must be at least 1"),
             (self.rank >= 1 and self.alpha > 0 and bool(self.targets), "rank >= 1, alpha > 0, targets not empty"),
-            (self.lr > 0 and self.batch_size >= 1 and self.max_steps >= 1, "lr > 0, batch_size and max_steps >= 1"),
-            (self.schedule in ("constant", "cosine"), "schedule must be constant or cosine"),
-            (self.eval_every >= 1 and self.log_every >= 1 and self.keep_checkpoints >= 1,
-             "eval_every, log_every and keep_checkpoints must be at least 1"),
-            (self.warmup_steps >= 0 and self.clip_grad >= 0 and self.max_minutes >= 0 and self.max_new_tokens >= 1,
-             "warmup_steps, clip_grad and max_minutes must be >= 0, max_new_tokens >= 1"),
+            (self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UsageError(f"reader config: {message}")
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -245,7 +220,7 @@ class ReaderTrainer:
             mem = self._memory(r)
             groups.setdefault(0 if mem is None else mem.memory.shape[0], []).append(r)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg.lr, cfg.max_steps, cfg.warmup_steps, cfg.schedule)
+            group["lr"] = cfg.lr_at(step)
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         with adapter.reading(self.lm):

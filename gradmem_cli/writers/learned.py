@@ -28,6 +28,7 @@ import torch
 
 from gradmem_cli.errors import GradmemError
 from gradmem_cli.lm.memlm import MemoryLM, token_loss
+from gradmem_cli.memory.fileio import read_config_json
 
 WRITER_JSON = "gradmem_writer.json"
 WRITER_WEIGHTS = "gradmem_writer.safetensors"
@@ -120,20 +121,8 @@ def has_writer(folder: Path | str) -> bool:
 
 def read_writer_config(folder: Path | str) -> WriterConfig:
     """The ``gradmem_writer.json`` of a checkpoint folder; defects are one-line errors."""
-    path = Path(folder) / WRITER_JSON
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise GradmemError(f"{path}: not a readable writer config ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != WRITER_FORMAT:
-        raise GradmemError(f"{path} is not a gradmem writer config")
-    if str(data.get("format_version", "")).split(".")[0] != WRITER_FORMAT_VERSION.split(".")[0]:
-        raise GradmemError(f"{path}: writer format {data.get('format_version')} is not supported by this gradmem")
-    known = {f.name for f in dataclasses.fields(WriterConfig)}
-    try:
-        return WriterConfig(**{k: v for k, v in data.items() if k in known}).validate()
-    except TypeError as exc:
-        raise GradmemError(f"{path}: {exc}") from None
+    return read_config_json(Path(folder) / WRITER_JSON, WriterConfig, WRITER_FORMAT, WRITER_FORMAT_VERSION,
+                            "writer config")
 
 
 def load_writer(folder: Path | str, hidden: int, vocab: int, device: torch.device,
