@@ -21,7 +21,7 @@ from gradmem_cli.errors import GradmemError
 from gradmem_cli.lm import adapter
 from gradmem_cli.lm.fingerprint import Fingerprint, kv_bytes_per_token, model_shape
 from gradmem_cli.lm.generate import Answer, Reader, reconstruct, with_context
-from gradmem_cli.lm.loading import ALIASES, LoadedModel, load_model
+from gradmem_cli.lm.loading import ALIASES, ConfigMismatch, LoadedModel, load_model
 from gradmem_cli.memory.documents import Document, split_segments
 from gradmem_cli.memory.memfile import MemoryFile, MemoryHeader
 from gradmem_cli.writers.base import SegmentResult, StepStats, Writer
@@ -184,8 +184,13 @@ def load_reader_model(memfile: MemoryFile, model: str | None, device: str = "aut
     ``dtype`` says otherwise, with a trained ``reader`` attached if given; a model of another
     architecture is refused before its weights load."""
     header = memfile.header
-    lm = load_model(reader_model_spec(memfile, model), device=device, dtype=dtype or header.dtype, quiet=quiet,
-                    expect_config=header.model_fingerprint["config"])
+    spec = reader_model_spec(memfile, model)
+    try:
+        lm = load_model(spec, device=device, dtype=dtype or header.dtype, quiet=quiet,
+                        expect_config=header.model_fingerprint["config"])
+    except ConfigMismatch as exc:
+        raise GradmemError(f"model mismatch: {memfile.path or 'this memory'} was written with '{header.model_id}', "
+                           f"not '{spec}', which has {exc.reason}") from None
     check_model(lm, memfile)
     if reader is not None:
         adapter.load(lm, reader)

@@ -153,6 +153,7 @@ class WriteItem:
 
 
 _WORKER: dict[str, Any] = {}
+REPORT_TIMEOUT_S = 60.0  # a finished worker's reports are already in the pipe; this only guards a hang
 
 
 def _start_worker(job: WriteJob, events: Any) -> None:
@@ -197,12 +198,15 @@ def write_in_workers(items: list[WriteItem], job: WriteJob, workers: int,
     ctx = mp.get_context("spawn")  # a fresh interpreter: no torch threads or locks inherited
     events = ctx.Queue()
     pids: list[int] = []
+    reported = 0
 
     def handle(event: tuple) -> None:
+        nonlocal reported
         if event[0] == "pid":
             pids.append(event[1])
-        else:
-            on_event(event)
+            return
+        reported += event[0] == "done"
+        on_event(event)
 
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker, initargs=(job, events))
     finished = False
@@ -213,6 +217,10 @@ def write_in_workers(items: list[WriteItem], job: WriteJob, workers: int,
             _drain(events, handle)
             for future in done:
                 future.result()  # a worker's error ends the write here, with its own message
+        # A queue's items travel through a feeder thread, so a worker's last reports can arrive after
+        # its future says it is done: wait for every document's report, not just for an empty queue.
+        while reported < len(items):
+            handle(events.get(timeout=REPORT_TIMEOUT_S))
         _drain(events, handle)
         finished = True
     finally:

@@ -276,6 +276,14 @@ def resolve_spec(spec: str) -> tuple[str, Path | str]:
     return spec, spec
 
 
+class ConfigMismatch(GradmemError):
+    """The model's architecture config is not the expected one (found before any weights load)."""
+
+    def __init__(self, spec: str, found: str, expected: str) -> None:
+        self.reason = f"another architecture config ({found[:8]}, not {expected[:8]})"
+        super().__init__(f"model mismatch: '{spec}' has {self.reason}")
+
+
 def load_model(
     spec: str | None = None,
     device: str = "auto",
@@ -307,8 +315,7 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(str(source), **kwargs)
         if expect_config is not None and config_hash(config) != expect_config:
-            raise GradmemError(f"model mismatch: '{spec}' has another architecture config "
-                               f"({config_hash(config)[:8]}, the memory needs {expect_config[:8]})")
+            raise ConfigMismatch(spec, config_hash(config), expect_config)
         tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
             str(source), config=config, dtype=torch_dtype, attn_implementation=attn_implementation, **kwargs
