@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-done
 DEMO   := out/demo
-READER := samples/readers/smollm2-babi
+READERS := samples/readers
 QUESTION := Where is Mary? Answer with one word.
 
 .PHONY: setup setup-qwen demo test clean
@@ -31,9 +31,11 @@ demo: setup
 	$(BIN)/gradmem inspect $(DEMO)/lighthouse.gmem --reconstruct --against samples/lighthouse.txt
 	$(BIN)/gradmem write samples/story.txt -o $(DEMO)/story.gmem --force
 	@echo "--- Where is Mary? (samples/story.txt; the answer is: office)"
-	@printf "no context, frozen model:    "; $(BIN)/gradmem ask $(DEMO)/story.gmem "$(QUESTION)" --via none --max-new-tokens 16
-	@printf "full context, frozen model:  "; $(BIN)/gradmem ask $(DEMO)/story.gmem "$(QUESTION)" --via text --max-new-tokens 16
-	@printf "memory + shipped reader:     "; $(BIN)/gradmem ask $(DEMO)/story.gmem "$(QUESTION)" --via text --reader $(READER)
+	@printf "%-42s" "no memory, frozen model:"; $(BIN)/gradmem ask $(DEMO)/story.gmem "$(QUESTION)" --via none --max-new-tokens 16
+	@printf "%-42s" "memory, frozen model:"; $(BIN)/gradmem ask $(DEMO)/story.gmem "$(QUESTION)" --max-new-tokens 16
+	@printf "%-42s" "memory, reader trained on memories:"; $(BIN)/gradmem ask $(DEMO)/story.gmem "$(QUESTION)" --reader $(READERS)/smollm2-babi-qa1-memory --max-new-tokens 8
+	@printf "%-42s" "text rebuilt from memory, frozen model:"; $(BIN)/gradmem ask $(DEMO)/story.gmem "$(QUESTION)" --via text --max-new-tokens 16
+	@printf "%-42s" "text rebuilt from memory, trained reader:"; $(BIN)/gradmem ask $(DEMO)/story.gmem "$(QUESTION)" --via text --reader $(READERS)/smollm2-babi-qa1 --max-new-tokens 8
 
 test: setup
 	$(BIN)/python -m pytest -q
