@@ -143,10 +143,12 @@ def test_memory_store_reuses_and_rewrites(tiny_model, tmp_path):
     store = MemoryStore(tmp_path / "store", lm, cfg)
     texts = ["Mira keeps the lighthouse.", "Pepper is a grey cat."]
     assert store.fill(texts) == 2 and store.fill(texts) == 0
-    assert (tmp_path / "store" / f"{text_key(texts[0])}.gmem").is_file()
+    assert store.path(texts[0]).is_file() and store.path(texts[0]).name.startswith(text_key(texts[0]))
     other = MemoryStore(tmp_path / "store", lm, WriteConfig(lr=0.3, steps=300, seed=1).resolve(lm))
     assert other.missing(texts) == texts  # written with other settings: not reused
-    (tmp_path / "store" / f"{text_key(texts[1])}.gmem").write_bytes(b"damaged")
+    assert other.fill(texts[:1]) == 1 and store.missing(texts) == []  # ... and not replaced either
+    assert len(list((tmp_path / "store").glob("*.gmem"))) == 3
+    store.path(texts[1]).write_bytes(b"damaged")
     assert store.missing(texts) == [texts[1]] and store.fill(texts) == 1
 
 

@@ -1,8 +1,10 @@
 """A folder of memories keyed by their text: write each text once, reuse it across runs.
 
-A memory of text T is stored as ``<sha256(T)>.gmem``. A stored file is used only if it records the
-same text hash, the same model and the same write settings; anything else is written again (and
-replaces it). Each file is saved the moment its write ends, so a stopped run keeps what it
+A memory of text T is stored as ``<sha256(T)>-<setup>.gmem``, where ``setup`` hashes the model's
+architecture and tokenizer and the write settings, so runs with other settings (another objective,
+seed or rate) keep their own files beside each other instead of replacing each other's. A stored
+file is used only if it records the same text hash, the same model and the same write settings
+(a damaged file, or one of a model with other weights, is written again). Each file is saved the moment its write ends, so a stopped run keeps what it
 finished and the next run picks up from there. Evaluation (``gradmem eval --memories``) and reader
 training share stores, so a story is written once for both.
 """
@@ -62,9 +64,12 @@ class MemoryStore:
             raise GradmemError(f"cannot create folder {self.folder}: {exc.strerror}") from None
         self.lm, self.cfg = lm, cfg
         self.settings = settings(cfg)
+        fp = lm.fingerprint
+        self.setup = hashlib.sha256(json.dumps([fp.config, fp.tokenizer, self.settings], sort_keys=True)
+                                    .encode()).hexdigest()[:12]
 
     def path(self, text: str) -> Path:
-        return self.folder / f"{text_key(text)}.gmem"
+        return self.folder / f"{text_key(text)}-{self.setup}.gmem"
 
     def get(self, text: str) -> MemoryFile | None:
         """The stored memory of ``text`` if there is one written the way this store writes."""
@@ -81,9 +86,11 @@ class MemoryStore:
 
         todo = self.missing(texts)
         for start in range(0, len(todo), chunk):
-            docs = [Document.from_text(text_key(t), t) for t in todo[start:start + chunk]]
+            batch = todo[start:start + chunk]
+            docs = [Document.from_text(text_key(t), t) for t in batch]
+            paths = {id(doc): self.path(t) for doc, t in zip(docs, batch)}
             for doc, mem, _ in engine.memorize(self.lm, docs, self.cfg):
-                memfile.save(self.folder / f"{doc.name}.gmem", mem.memory, mem.header)
+                memfile.save(paths[id(doc)], mem.memory, mem.header)
                 if on_saved:
                     on_saved(doc, mem)
         return len(todo)
