@@ -37,14 +37,14 @@ app = typer.Typer(
 def write(
     inputs: Annotated[list[str], typer.Argument(help="Text files, folders (their *.txt) or - for stdin.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output .gmem, or a folder for several inputs "
-                                                   "or a folder input [default: next to each input]")] = None,
+                                                   "or a folder input (default: next to each input).")] = None,
     model: ModelOpt = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing .gmem files (never any other file).")] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Leave alone every output that already holds "
                                                 "this text's memory, written by this model with these settings.")]
     = False,
     workers: Annotated[int, typer.Option(help="Processes for several documents (each loads the model once and uses "
-                                         "cores/N threads) [default 0: one per CPU core on the CPU, one on a GPU].")]
+                                         "cores/N threads); 0 (the default): one per CPU core on the CPU, one on a GPU.")]
     = 0,
     cfg: WriteConfig = None,
     run: RunOptions = None,
@@ -266,10 +266,10 @@ def eval_(
     conditions: Annotated[str, typer.Option(help="Comma-separated: memory, no-context, full-context, and "
                                             "via-text (rebuild the text from memory, then answer with it).")]
     = "memory,no-context,full-context",
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="Most tokens per generated answer [default: the task's: "
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Most tokens per generated answer (default: the task's: "
                                                           + ", ".join(f"{t.name} {t.max_new_tokens}" for t in TASKS.values()
                                                                       if t.name != "recon")
-                                                          + "; recon the text's length].")] = None,
+                                                          + "; recon the text's length).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also save the result JSON here.")] = None,
     log_samples: Annotated[Optional[Path], typer.Option(help="Write one JSON line per example "
                                                         "(inputs, outputs, scores) here.")] = None,
@@ -400,7 +400,7 @@ def train_eval(
     pairs: Annotated[int, typer.Option(help="Key-value pairs per generated sample.")] = 8,
     data: Annotated[Optional[Path], typer.Option(help="A JSONL file of kv samples to use instead of generated ones.")] = None,
     steps: Annotated[str, typer.Option(help="Write steps K_eval to try: a list (1,2,5) or a range (1-10) "
-                                       "[default: the K it was trained with].")] = "",
+                                       "(default: the K it was trained with).")] = "",
     samples: Annotated[int, typer.Option(help="Generated samples.")] = 1000,
     seed: SeedOpt = 12345,
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 250,

@@ -24,8 +24,8 @@ ModelOpt = Annotated[
 ]
 ReadModelOpt = Annotated[
     Optional[str],
-    typer.Option("--model", "-m", help="The model to read with [default: the one the file names, if it is a built-in "
-                                       "alias or $GRADMEM_MODEL]; refused unless it is the model that wrote the file."),
+    typer.Option("--model", "-m", help="The model to read with (default: the one the file names, if it is a built-in "
+                                       "alias or $GRADMEM_MODEL); refused unless it is the model that wrote the file."),
 ]
 ReaderOpt = Annotated[
     Optional[Path],
@@ -83,8 +83,8 @@ def write_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def run_options(read: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """--device, --dtype, --json, --quiet and --offline, handed to the command as ``run: RunOptions``
     after offline mode is set up. Readers default their dtype to the memory's."""
-    dtype = (_option("dtype", Optional[str], None, "--dtype", help="Model dtype [default: the one the memory was "
-                                                                   "written in].") if read else
+    dtype = (_option("dtype", Optional[str], None, "--dtype", help="Model dtype (default: the one the memory was "
+                                                                   "written in).") if read else
              _option("dtype", str, "float32", "--dtype", help="Model dtype: float32, bfloat16 or float16."))
     extra = [
         _option("device", str, "auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
