@@ -1,5 +1,7 @@
 """How a reader's bAbI qa1 answers fail: for each answer of an eval run, is it the person's last
 room (right), a room the person was in earlier, a room someone else went to, or no room of the story?
+Also prints the EM of a reader that names one of the story's rooms at random: what knowing the
+rooms, and nothing of who went where, is worth.
 
     gradmem eval babi --task qa1 --reader DIR --log-samples S.jsonl ...
     .venv/bin/python benchmarks/reader_failures.py S.jsonl [--condition memory]
@@ -41,6 +43,9 @@ def main() -> None:
     counts = collections.Counter(classify(r, args.condition) for r in records)
     for kind, n in counts.most_common():
         print(f"{kind}: {n} of {len(records)} ({n / len(records):.0%})")
+    chance = sum(1 / len(rooms) for r in records
+                 if r["answers"][0] in (rooms := {room for _, room in MOVE.findall(r["context"])}))
+    print(f"EM of a random room of the story: {chance / len(records):.3f}")
 
 
 if __name__ == "__main__":
