@@ -5,13 +5,14 @@ all with gradmem's default settings:
 
 - ``cli-one-by-one``: ``gradmem write DOC -o OUT`` once per document (what a shell loop pays,
   model loading included);
-- ``cli-batched``: one ``gradmem write FOLDER -o OUT`` (segments of all documents share batches);
+- ``cli-batched``: one ``gradmem write FOLDER -o OUT`` (its default: one worker process per CPU core,
+  each batching the segments of its documents);
 - ``engine-one-by-one`` / ``engine-batched``: the same inside one process with the model loaded
   once, which isolates the effect of batching from the model loading.
 
 Every memory is checked to rebuild its document exactly. Prints throughput and the ratios.
 
-    .venv/bin/python benchmarks/batch_write.py [--docs 32] [--engine-only]
+    .venv/bin/python benchmarks/batch_write.py [--docs 32] [--engine-only | --cli-only]
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=32)
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "batch_write")
     parser.add_argument("--engine-only", action="store_true", help="skip the two CLI modes")
+    parser.add_argument("--cli-only", action="store_true", help="skip the two in-process modes")
     args = parser.parse_args()
     docs = short_documents(args.docs)
     shutil.rmtree(args.out, ignore_errors=True)
@@ -93,7 +95,7 @@ def main() -> None:
         exact[mode] = sum(lm.decode(rebuild(lm, memfile.load(out / f"doc{i:02d}.gmem"))) == text
                           for i, text in enumerate(docs))
         log(f"{mode}: {exact[mode]}/{len(docs)} rebuilt exactly")
-    for mode, batched in (("engine-one-by-one", False), ("engine-batched", True)):
+    for mode, batched in () if args.cli_only else (("engine-one-by-one", False), ("engine-batched", True)):
         results[mode], exact[mode] = engine_run(lm, docs, batched)
         log(f"{mode}: {results[mode]:.1f} s, {exact[mode]}/{len(docs)} rebuilt exactly")
     tokens = sum(len(lm.tokenize(d)) for d in docs)
