@@ -24,6 +24,7 @@ ROWS = [
     ("kv, 4 pairs", ["kv", "--pairs", "4"]),
     ("kv, 8 pairs", ["kv", "--pairs", "8"]),
     *[(f"babi {t}", ["babi", "--task", t]) for t in ("qa1", "qa2", "qa3", "qa4", "qa5")],
+    ("squad-mini", ["squad", "--conditions", "memory,via-text,no-context,full-context"]),
     ("recon (samples/paragraphs)", ["recon"]),
 ]
 
