@@ -74,12 +74,15 @@ def main() -> None:
                             [*common, "--conditions", "memory,no-context,full-context", "--objective", "distill",
                              *shlex.split(args.distill)])
         r, d = recon["metrics"], distill["metrics"]
-        seconds = r["memory"]["write_wall_seconds_per_example"], d["memory"]["write_wall_seconds_per_example"]
+        # A memory store's reused memories carry no write time of this run: pass no --memories here.
+        seconds = r["memory"].get("write_wall_seconds_per_example"), d["memory"].get("write_wall_seconds_per_example")
+        timing = (f"{seconds[0]:.0f} / {seconds[1]:.0f} ({seconds[1] / seconds[0]:.1f}x)" if None not in seconds
+                  else "n/a (memories reused from a store)")
         agreement = f"{d['memory']['write_accuracy']:.2f}" if "write_accuracy" in d["memory"] else "n/a"
         print(f"| {task} | {recon['n']} | {r['no_context']['f1']:.3f} | {r['full_context']['f1']:.3f} | "
               f"{r['memory']['f1']:.3f} | {r['via_text']['f1']:.3f} | {d['memory']['f1']:.3f} | "
               f"{gap(recon, 'memory')} / {gap(recon, 'via-text')} / {gap(distill, 'memory')} | "
-              f"{seconds[0]:.0f} / {seconds[1]:.0f} ({seconds[1] / seconds[0]:.1f}x) | {agreement} | "
+              f"{timing} | {agreement} | "
               f"{like_full_context(recon_path, 'no_context')} / {like_full_context(recon_path)} / "
               f"{like_full_context(distill_path)} |")
 

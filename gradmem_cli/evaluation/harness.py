@@ -63,14 +63,17 @@ class _Run:
                         for ex in self.examples]
         self.scores: dict[str, list[dict[str, float]]] = {}
         self.write_wall_seconds = 0.0
+        self.reused = 0
 
     def _memories(self, contexts: list[str], cfg: ResolvedWrite, store: MemoryStore | None):
         """(context index, memory, write figures) for every context, written now or taken from ``store``.
 
         ``write_wall_seconds`` accumulates the time spent writing alone (not scoring), so a ratio of
-        two objectives' write times compares writes only.
+        two objectives' write times compares writes only. ``reused`` counts the memories a store already
+        held: their write time is not this run's, so none is reported when there are any.
         """
         if store is not None:
+            self.reused = len(contexts) - len(store.missing(contexts))
             tick = time.perf_counter()
             store.fill(contexts)
             self.write_wall_seconds += time.perf_counter() - tick
@@ -125,7 +128,9 @@ class _Run:
         # time spent writing alone (scoring excluded), spread over the examples.
         for c in chosen:
             for sc in self.scores[c]:
-                sc["write_wall_seconds_per_example"] = self.write_wall_seconds / len(self.examples)
+                sc["memories_reused"] = self.reused / len(contexts)
+                if not self.reused:
+                    sc["write_wall_seconds_per_example"] = self.write_wall_seconds / len(self.examples)
 
     def plain_conditions(self) -> None:
         """no-context and full-context: the same model without memory."""
