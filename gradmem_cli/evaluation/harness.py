@@ -73,9 +73,8 @@ class _Run:
         held: their write time is not this run's, so none is reported when there are any.
         """
         if store is not None:
-            self.reused = len(contexts) - len(store.missing(contexts))
             tick = time.perf_counter()
-            store.fill(contexts)
+            self.reused = len(contexts) - store.fill(contexts)  # contexts are distinct
             self.write_wall_seconds += time.perf_counter() - tick
             for j, context in enumerate(contexts):
                 mem = store.get(context)
