@@ -61,3 +61,23 @@ def eval_once(path: Path, args: list[str]) -> dict:
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         log(f"  {timer.seconds:.0f} s")
     return json.loads(path.read_text())
+
+
+def exact_rebuilds(lm, written: list, chunk: int = 512) -> list[bool]:
+    """For each ``(doc, memory file, report)`` of :func:`engine.memorize`, whether greedy decoding
+    from its memory alone gives back the document's text; segments of all documents decode together,
+    ``chunk`` at a time (one document at a time would dominate a GPU run)."""
+    import torch
+
+    from gradmem_cli.lm.generate import reconstruct
+
+    memories = torch.cat([mem.memory for _, mem, _ in written])
+    lengths = [n for _, mem, _ in written for n in mem.header.tokens_per_segment]
+    decoded = [seg for i in range(0, len(lengths), chunk)
+               for seg in reconstruct(lm, memories[i:i + chunk].to(lm.device), lengths[i:i + chunk])]
+    exact, start = [], 0
+    for doc, mem, _ in written:
+        count = mem.header.segments
+        exact.append(lm.decode([t for seg in decoded[start:start + count] for t in seg]) == doc.text)
+        start += count
+    return exact

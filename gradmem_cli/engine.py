@@ -22,12 +22,13 @@ from gradmem_cli.lm import adapter
 from gradmem_cli.lm.fingerprint import Fingerprint, kv_bytes_per_token, model_shape
 from gradmem_cli.lm.generate import Answer, Reader, reconstruct, with_context
 from gradmem_cli.lm.loading import ALIASES, ConfigMismatch, LoadedModel, load_model
-from gradmem_cli.memory.documents import Document, split_segments
+from gradmem_cli.memory.documents import Document, read_inputs, split_segments
 from gradmem_cli.memory.memfile import MemoryFile, MemoryHeader
 from gradmem_cli.writers.base import SegmentResult, StepStats, Writer
 from gradmem_cli.writers.optimizer import OptimizerWriter
 from gradmem_cli.writers.trained import TrainedWriter
 from gradmem_cli.writers.config import ResolvedWrite, WriteConfig
+from gradmem_cli.writers.start import FitConfig, FitStep, fit_start, save_start
 
 
 @dataclass
@@ -154,6 +155,25 @@ def memorize(
             accuracy=header.accuracy,
         )
         yield p.doc, MemoryFile(memory=memory, header=header), report
+
+
+def fit_start_file(inputs: list[str], output: Path, model: str | None, write: WriteConfig, fit: FitConfig,
+                   device: str = "auto", dtype: str = "float32", quiet: bool = False,
+                   on_step: Callable[[FitStep], None] | None = None, command: str = "") -> dict[str, Any]:
+    """Fit a start (:mod:`writers.start`) for ``model`` on the texts ``inputs``, split into segments as
+    ``write`` splits them, and save it to ``output`` with a record of what it was fitted on."""
+    docs = read_inputs(inputs)
+    lm = load_model(model, device=device, dtype=dtype, quiet=quiet)
+    cfg = write.resolve(lm)
+    segments = [seg for doc in docs for seg in split_segments(lm.tokenize(doc.text), cfg.segment_tokens) if seg]
+    start = fit_start(lm, segments, cfg, fit, on_step)
+    record = {"model": lm.spec, "texts": len(docs), "segments": len(segments), "mem_tokens": cfg.mem_tokens,
+              "segment_tokens": cfg.segment_tokens, "fit": dataclasses.asdict(fit), "write": cfg.to_dict(),
+              "sources": [{"name": d.path.name if d.path else d.name, "sha256": d.sha256} for d in docs],
+              "command": command, "gradmem_version": __version__,
+              "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    save_start(output, start, lm, record)
+    return {k: v for k, v in record.items() if k != "sources"}
 
 
 # --- reading ------------------------------------------------------------------------------------

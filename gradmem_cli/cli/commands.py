@@ -16,12 +16,13 @@ import typer
 
 from gradmem_cli import __version__
 from gradmem_cli.cli.options import (
-    JsonOpt, ModelOpt, ReadModelOpt, ReaderOpt, RunOptions, SeedOpt, emit_json, run_options, write_json_lines,
-    write_options,
+    JsonOpt, ModelOpt, ReadModelOpt, ReaderOpt, RunOptions, SeedOpt, config_options, emit_json, run_options,
+    write_json_lines, write_options,
 )
 from gradmem_cli.errors import GradmemError, UsageError
 from gradmem_cli.tasks import TASKS
 from gradmem_cli.writers.config import WriteConfig
+from gradmem_cli.writers.start import FitConfig
 
 app = typer.Typer(
     help="Write documents into a few memory vectors by test-time gradient descent; answer from them later.",
@@ -335,6 +336,60 @@ def eval_(
         from gradmem_cli.cli.views import show_eval
 
         show_eval(result)
+
+
+@app.command("fit-start")
+@config_options(FitConfig, "fit")
+@run_options()
+def fit_start(
+    inputs: Annotated[list[str], typer.Argument(help="Text files, folders (their *.txt) or - for stdin: the texts to "
+                                                "fit on (never the texts you will evaluate on).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The start file to write (safetensors).")],
+    model: ModelOpt = None,
+    mem_tokens: Annotated[int, typer.Option(help="m: memory vectors the start begins.")] = 8,
+    segment_tokens: Annotated[int, typer.Option(help="Segment length, as gradmem write splits texts.")] = 64,
+    batch_tokens: Annotated[int, typer.Option(help="Tokens written together per step (raise it on a GPU to "
+                                              "write a whole --batch at once).")] = 2048,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing start file (never any other "
+                                        "file).")] = False,
+    fit: FitConfig = None,
+    run: RunOptions = None,
+) -> None:
+    """Fit a starting point for gradmem write on many texts (Reptile), for one model: --init fitted --start FILE."""
+    import shlex
+
+    from gradmem_cli import engine
+    from gradmem_cli.cli.progress import console, make_progress
+
+    if output.exists() or output.is_symlink():
+        from gradmem_cli.writers.start import read_start
+
+        try:
+            read_start(output)
+        except GradmemError:
+            raise GradmemError(f"refusing to overwrite {output}: it is not a gradmem start file") from None
+        if not force:
+            raise GradmemError(f"{output} already exists (use --force to overwrite it)")
+    cfg = WriteConfig(mem_tokens=mem_tokens, segment_tokens=segment_tokens, batch_tokens=batch_tokens,
+                      init="tokens").validate()
+    with make_progress(run.quiet) as progress:
+        bar = progress.add_task("fitting a start", total=fit.outer_steps, status="")
+        history: list[dict] = []
+
+        def on_step(step) -> None:
+            history.append(dataclasses.asdict(step))
+            progress.update(bar, advance=1, status=f"acc {step.accuracy:.3f} solved {step.solved:.2f} "
+                                                   f"steps {step.steps:.1f} moved {step.moved:.2f}")
+            if not run.quiet and not console.is_terminal and (step.step + 1) % 10 == 0:
+                console.print(f"update {step.step + 1}: {progress.tasks[0].fields['status']}", highlight=False)
+
+        report = engine.fit_start_file(inputs, output, model, cfg, fit, run.device, run.dtype, run.quiet, on_step,
+                                       command=shlex.join(["gradmem", *sys.argv[1:]]))
+    if run.json:
+        emit_json({**report, "history": history})
+    elif not run.quiet:
+        console.print(f"{output}: a start for {report['model']} fitted on {report['segments']} segments of "
+                      f"{report['texts']} texts; last update: {progress.tasks[0].fields['status']}")
 
 
 @app.command()

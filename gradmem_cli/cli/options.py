@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
@@ -15,7 +16,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from gradmem_cli.errors import GradmemError
-from gradmem_cli.writers.config import WriteConfig, cli_fields
+from gradmem_cli.writers.config import WriteConfig
 
 ModelOpt = Annotated[
     Optional[str],
@@ -69,15 +70,20 @@ def _option(name: str, annotation: Any, default: Any, *decls: str, **kwargs: Any
                              annotation=Annotated[annotation, typer.Option(*decls, **kwargs)])
 
 
-def write_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """One option per WriteConfig field, handed to the command as ``cfg: WriteConfig``.
+def config_options(cls: type, param: str = "cfg") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """One option per field of the config dataclass ``cls`` (except those marked ``cli: False``),
+    handed to the command as ``param``: an instance, validated.
 
-    The dataclass is the single source of names, defaults and help texts, so ``write`` and ``eval``
-    cannot drift apart.
+    The dataclass is the single source of names, defaults and help texts, so commands that share a
+    config (``write`` and ``eval``) cannot drift apart.
     """
-    hints = typing.get_type_hints(WriteConfig)
-    extra = [_option(f.name, hints[f.name], f.default, help=f.metadata["help"]) for f in cli_fields()]
-    return _inject(command, "cfg", extra, lambda values: WriteConfig(**values).validate())
+    hints = typing.get_type_hints(cls)
+    chosen = [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
+    extra = [_option(f.name, hints[f.name], f.default, help=f.metadata["help"]) for f in chosen]
+    return lambda command: _inject(command, param, extra, lambda values: cls(**values).validate())
+
+
+write_options = config_options(WriteConfig)
 
 
 def run_options(read: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

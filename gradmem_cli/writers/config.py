@@ -8,8 +8,8 @@ Every field is recorded in the ``.gmem`` it produces and, unless marked ``cli: F
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from gradmem_cli.errors import UsageError
 from gradmem_cli.lm.dtypes import DTYPES
@@ -18,10 +18,11 @@ from gradmem_cli.objectives import OBJECTIVES
 
 if TYPE_CHECKING:
     from gradmem_cli.lm.loading import LoadedModel
+    from gradmem_cli.writers.start import Start
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
-INITS = ("tokens", "random", "learned")
+INITS = ("tokens", "random", "fitted", "learned")
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,13 @@ class WriteConfig:
     warmup: float = field(default=0.1, metadata={"help": "Warm-up length as a fraction of --steps (cosine only)."})
     init: str | None = field(default=None, metadata={
         "help": "Initial memory: tokens = the embeddings of the segment's first m tokens (cycled if shorter); "
-                "random = Gaussian noise with the std of the embedding matrix (Cramming); learned = a trained "
-                "writer's M0 and its trained write rule, no stopping test [tokens; learned for a trained writer]."})
+                "random = Gaussian noise with the std of the embedding matrix (Cramming); fitted = a start fitted "
+                "on many texts for this model (gradmem fit-start; see --start); learned = a trained writer's M0 and "
+                "its trained write rule, no stopping test [fitted where gradmem ships a start for the model and m "
+                "(reconstruct only), else tokens; learned for a trained writer]."})
+    start: str | None = field(default=None, metadata={
+        "help": "A start file written by gradmem fit-start, for --init fitted (default: the start gradmem ships "
+                "for the model, if any). A .gmem records the start's sha256, not its path."})
     target_acc: float = field(default=1.0, metadata={"help": "Stop once teacher-forced token accuracy reaches this."})
     margin: float = field(default=1.0, metadata={
         "help": "At --target-acc 1, also require every token's logit to beat the runner-up by this much, so that "
@@ -80,7 +86,8 @@ class WriteConfig:
             (all(0 <= b < 1 for b in self.betas), "Adam betas must be in [0, 1)"),
             (self.schedule in (None, *SCHEDULES), "--schedule must be cosine or constant"),
             (0 <= self.warmup < 1, "--warmup must be in [0, 1)"),
-            (self.init in (None, *INITS), "--init must be tokens, random or learned"),
+            (self.init in (None, *INITS), "--init must be tokens, random, fitted or learned"),
+            (self.start is None or self.init in (None, "fitted"), "--start goes with --init fitted"),
             (0 < self.target_acc <= 1, "--target-acc must be in (0, 1]"),
             (self.margin >= 0 and math.isfinite(self.margin), "--margin must be 0 or more"),
             (self.batch_tokens >= 1, "--batch-tokens must be at least 1"),
@@ -96,7 +103,12 @@ class WriteConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as a ``.gmem`` records them. ``start`` appears only when a start was used, so
+        files and stores written before starts existed still match their settings."""
+        values = asdict(self)
+        if values["start"] is None:
+            del values["start"]
+        return values
 
     def resolve(self, lm: LoadedModel) -> ResolvedWrite:
         """Every None field set to the model's default (see the class docstring), checked against
@@ -110,7 +122,11 @@ class WriteConfig:
             values = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in plain.items()}
             if values["optimizer"] == "forward":
                 raise UsageError("--optimizer forward is the rule of an RMT writer (--init learned)")
-            return ResolvedWrite(**{**self.to_dict(), "init": init, **values}).fits(lm)
+            start = self._start(lm, values["mem_tokens"])
+            resolved = ResolvedWrite(**{**asdict(self), **values, "init": "fitted" if start else self.init or "tokens",
+                                        "start": start.digest if start else None}).fits(lm)
+            object.__setattr__(resolved, "start_weights", start)
+            return resolved
         if writer is None:
             raise UsageError("--init learned needs a checkpoint trained by gradmem train (it has no writer)")
         rule = "forward" if writer.cfg.kind == "rmt" else "sgd"
@@ -127,17 +143,38 @@ class WriteConfig:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        if self.start is not None:
+            raise UsageError("--start: a trained writer starts from its own M0")
         return ResolvedWrite(**{
-            **self.to_dict(), "init": init, "mem_tokens": m, "optimizer": rule, "schedule": "constant",
+            **asdict(self), "init": init, "mem_tokens": m, "optimizer": rule, "schedule": "constant",
             "segment_tokens": self.segment_tokens or max(1, room),
             "steps": writer.cfg.steps if self.steps is None else self.steps,
             "lr": writer.cfg.inner_lr if self.lr is None else self.lr,
         }).fits(lm)
 
 
+    def _start(self, lm: LoadedModel, mem_tokens: int) -> Start | None:
+        """The start of a fitted write: ``--start``, else the shipped start for this model and m when
+        ``--init`` is fitted or (for reconstruction) left to its default; None for other inits."""
+        from gradmem_cli.writers.start import load_start, shipped_start
+
+        if self.start is not None:
+            return load_start(self.start, lm, mem_tokens)
+        if self.init == "fitted" or (self.init is None and self.objective == "reconstruct"):
+            start = shipped_start(lm, mem_tokens)
+            if start is None and self.init == "fitted":
+                raise UsageError(f"--init fitted needs --start FILE: gradmem ships no start for this model "
+                                 f"with {mem_tokens} memory vectors (gradmem fit-start makes one)")
+            return start
+        return None
+
+
 @dataclass(frozen=True)
 class ResolvedWrite(WriteConfig):
-    """A :class:`WriteConfig` with every field set for one model: what writers receive."""
+    """A :class:`WriteConfig` with every field set for one model: what writers receive. ``start``
+    holds the digest of the start used (``--init fitted``), and ``start_weights`` the start itself."""
+
+    start_weights: ClassVar[Start | None] = None  # set per instance by WriteConfig.resolve
 
     def fits(self, lm: LoadedModel) -> ResolvedWrite:
         """Refuse sizes the model's window cannot hold, before any work (a write would fail or crawl)."""
@@ -155,7 +192,3 @@ class ResolvedWrite(WriteConfig):
         warmup = max(1, round(self.warmup * self.steps)) if self.schedule == "cosine" and self.steps else 0
         return lr_at(step, self.lr, self.steps, warmup, self.schedule)
 
-
-def cli_fields() -> list:
-    """The WriteConfig fields that are command-line options."""
-    return [f for f in fields(WriteConfig) if f.metadata.get("cli", True)]

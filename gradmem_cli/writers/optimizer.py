@@ -21,6 +21,7 @@ from gradmem_cli.objectives import OBJECTIVES
 from gradmem_cli.objectives.base import Segment
 from gradmem_cli.writers.base import OnStep, SegmentResult, StepStats
 from gradmem_cli.writers.config import ResolvedWrite
+from gradmem_cli.writers.start import Start
 
 
 class _State:
@@ -49,9 +50,13 @@ class _State:
                                              loss, acc, margin, solved)
 
 
-def initial_memory(lm: LoadedModel, ids: list[int], cfg: ResolvedWrite, generator: torch.Generator) -> torch.Tensor:
+def initial_memory(lm: LoadedModel, ids: list[int], cfg: ResolvedWrite, generator: torch.Generator,
+                   start: Start | None = None) -> torch.Tensor:
     """The documented starting point M0 of a segment's memory (see ``WriteConfig.init``)."""
     weight = lm.model.get_input_embeddings().weight.detach()
+    if cfg.init == "fitted":
+        with torch.no_grad():
+            return (start or cfg.start_weights)(lm, [ids])[0]
     if cfg.init == "random":
         std = weight.float().std().item()
         noise = torch.randn(cfg.mem_tokens, weight.shape[1], generator=generator) * std
@@ -64,9 +69,12 @@ class OptimizerWriter:
     """Adam or SGD on the memory alone, under the configured objective, until its stopping test
     passes or ``cfg.steps`` steps have run; keeps the solving memory, else the best one seen."""
 
-    def __init__(self, cfg: ResolvedWrite):
+    def __init__(self, cfg: ResolvedWrite, start: Start | None = None):
         self.cfg = cfg
         self.objective = OBJECTIVES[cfg.objective]
+        self.start = start if start is not None else cfg.start_weights
+        if cfg.init == "fitted" and self.start is None:
+            raise ValueError("--init fitted needs a start")
 
     def _cost(self, lm: LoadedModel, state: _State) -> int:
         """Tokens a segment adds to a batch; its objective prepares it (once) when first costed."""
@@ -91,7 +99,8 @@ class OptimizerWriter:
         for index, ids in enumerate(segments):
             seed = seeds[index] if seeds is not None else cfg.seed * 1_000_003 + index
             generator = torch.Generator().manual_seed(seed)
-            states.append(_State(Segment(index, ids), initial_memory(lm, ids, cfg, generator), DTYPES[cfg.store_dtype]))
+            memory = initial_memory(lm, ids, cfg, generator, self.start)
+            states.append(_State(Segment(index, ids), memory, DTYPES[cfg.store_dtype]))
         if cfg.optimizer == "adam":
             optimizer = torch.optim.Adam([{"params": [s.param]} for s in states], lr=cfg.lr, betas=cfg.betas)
         else:

@@ -1,0 +1,234 @@
+"""A learned starting point for test-time writes with a frozen model (``--init fitted``).
+
+The token start (``--init tokens``) begins each segment's memory at the embeddings of its first m
+tokens. A *start* generalises it slot by slot::
+
+    M0[j] = scale[j] * E[t_j] + mix[j] * mean_i E[t_i] + bias[j]        (t cycled when shorter than m)
+
+which is the token start at ``scale = 1, mix = 0, bias = 0``. Its parameters are fitted on many texts
+with Reptile (first order, so it costs only writes): write a batch of segments for a few steps from
+M0 with the write rule itself, then move the parameters towards where those writes went. A start
+belongs to one model: its file records the model's fingerprint, and a write uses it only for a
+model with that fingerprint and that m.
+
+On disk a start is a safetensors file: tensors ``scale`` [m], ``mix`` [m], ``bias`` [m, d] and
+string metadata (format, the model's id and fingerprint, how it was fitted). Loading it never runs
+code; every defect is a one-line error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from gradmem_cli.errors import GradmemError, UsageError
+from gradmem_cli.lm.fingerprint import Fingerprint
+from gradmem_cli.memory.fileio import atomic_write_bytes, check_regular_file
+
+if TYPE_CHECKING:
+    from gradmem_cli.lm.loading import LoadedModel
+    from gradmem_cli.writers.config import ResolvedWrite
+
+START_FORMAT = "gradmem.start"
+START_FORMAT_VERSION = "1.0"
+TENSORS = ("bias", "mix", "scale")
+
+
+class Start(torch.nn.Module):
+    """The start's parameters, and M0 for a batch of segments."""
+
+    def __init__(self, mem_tokens: int, hidden: int):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(mem_tokens))
+        self.mix = torch.nn.Parameter(torch.zeros(mem_tokens))
+        self.bias = torch.nn.Parameter(torch.zeros(mem_tokens, hidden))
+        self.meta: dict[str, str] = {}
+        self.digest = ""  # "sha256:<16 hex>" of the file it was loaded from; what a .gmem records
+
+    @property
+    def mem_tokens(self) -> int:
+        return int(self.bias.shape[0])
+
+    def forward(self, lm: LoadedModel, segments: list[list[int]]) -> torch.Tensor:
+        """M0 for each segment: [len(segments), m, d] in float32, on the model's device."""
+        weight = lm.model.get_input_embeddings().weight.detach()
+        m = self.mem_tokens
+        first = torch.tensor([[ids[i % len(ids)] for i in range(m)] for ids in segments], device=weight.device)
+        mean = torch.stack([weight[torch.tensor(ids, device=weight.device)].float().mean(0) for ids in segments])
+        return (self.scale[None, :, None] * weight[first].float() + self.mix[None, :, None] * mean[:, None, :]
+                + self.bias[None])
+
+
+def _metadata(lm: LoadedModel, fitted: dict[str, Any]) -> dict[str, str]:
+    return {"format": START_FORMAT, "format_version": START_FORMAT_VERSION, "model_id": lm.spec,
+            "model_fingerprint": json.dumps(dataclasses.asdict(lm.fingerprint)), "fitted": json.dumps(fitted)}
+
+
+def save_start(path: Path, start: Start, lm: LoadedModel, fitted: dict[str, Any]) -> None:
+    """Write a start file atomically."""
+    from safetensors.torch import save
+
+    tensors = {name: getattr(start, name).detach().to("cpu", torch.float32).contiguous() for name in TENSORS}
+    try:
+        atomic_write_bytes(Path(path), save(tensors, metadata=_metadata(lm, fitted)))
+    except OSError as exc:
+        raise GradmemError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def read_start(path: Path | str) -> Start:
+    """A start file, validated (format, tensor names, shapes, finite values), not yet tied to a model."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    check_regular_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            if meta.get("format") != START_FORMAT:
+                raise GradmemError(f"{path} is not a gradmem start file")
+            if str(meta.get("format_version", "")).split(".")[0] != START_FORMAT_VERSION.split(".")[0]:
+                raise GradmemError(f"{path}: start format {meta.get('format_version')} is not supported by this gradmem")
+            if sorted(fh.keys()) != sorted(TENSORS):
+                raise GradmemError(f"{path}: corrupt start file (expected tensors {', '.join(TENSORS)})")
+            tensors = {name: fh.get_tensor(name).float() for name in TENSORS}
+            json.loads(meta["model_fingerprint"])
+    except GradmemError:
+        raise
+    except Exception as exc:  # truncated, garbled, or metadata that is not JSON
+        raise GradmemError(f"{path} is not a valid start file (corrupt or truncated)") from exc
+    bias = tensors["bias"]
+    if bias.dim() != 2 or tensors["scale"].shape != (bias.shape[0],) or tensors["mix"].shape != (bias.shape[0],):
+        raise GradmemError(f"{path}: corrupt start file (tensor shapes do not agree)")
+    if not all(torch.isfinite(t).all() for t in tensors.values()):
+        raise GradmemError(f"{path}: corrupt start file (NaN or infinite values)")
+    start = Start(bias.shape[0], bias.shape[1])
+    with torch.no_grad():
+        for name, value in tensors.items():
+            getattr(start, name).copy_(value)
+    start.meta = meta
+    start.digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return start
+
+
+def start_problem(start: Start, lm: LoadedModel, mem_tokens: int) -> str | None:
+    """Why ``start`` cannot start writes of ``lm`` with ``mem_tokens`` vectors, or None."""
+    try:
+        recorded = Fingerprint.from_dict(json.loads(start.meta["model_fingerprint"]))
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError):
+        return "it records no valid model fingerprint"
+    reason = recorded.mismatch(lm.fingerprint)
+    if reason:
+        return f"it was fitted for '{start.meta.get('model_id')}' ({reason})"
+    if start.bias.shape[1] != lm.hidden_size:
+        return f"its vectors have {start.bias.shape[1]} dimensions, the model {lm.hidden_size}"
+    if start.mem_tokens != mem_tokens:
+        return f"it starts {start.mem_tokens} memory vectors, not --mem-tokens {mem_tokens}"
+    return None
+
+
+def load_start(path: Path | str, lm: LoadedModel, mem_tokens: int) -> Start:
+    """The start file ``path`` for writes of ``lm``, moved to its device; refused if it is another model's."""
+    start = read_start(path)
+    problem = start_problem(start, lm, mem_tokens)
+    if problem:
+        raise UsageError(f"--start {path} does not fit this write: {problem}")
+    return start.to(lm.model.get_input_embeddings().weight.device)
+
+
+def shipped_starts() -> list[Path]:
+    """The start files gradmem ships (package data ``gradmem_cli/data/starts``)."""
+    folder = Path(str(resources.files("gradmem_cli") / "data" / "starts"))
+    return sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+
+
+def shipped_start(lm: LoadedModel, mem_tokens: int) -> Start | None:
+    """The start gradmem ships for this model and m, if there is one (the default start)."""
+    for path in shipped_starts():
+        start = read_start(path)
+        if start_problem(start, lm, mem_tokens) is None:
+            return start.to(lm.model.get_input_embeddings().weight.device)
+    return None
+
+
+# --- fitting -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """How ``gradmem fit-start`` fits a start (Reptile over the write rule of ``gradmem write``)."""
+
+    outer_steps: int = field(default=100, metadata={"help": "Reptile updates of the start."})
+    batch: int = field(default=16, metadata={"help": "Segments written per update."})
+    inner_steps: int = field(default=30, metadata={
+        "help": "Write steps per segment and update (the write's schedule runs over these steps)."})
+    outer_lr: float = field(default=0.01, metadata={"help": "Adam rate of the start's parameters."})
+    seed: int = field(default=0, metadata={"help": "Shuffles the segments."})
+
+    def validate(self) -> FitConfig:
+        checks = [(self.outer_steps >= 1, "--outer-steps must be at least 1"),
+                  (self.batch >= 1, "--batch must be at least 1"),
+                  (self.inner_steps >= 1, "--inner-steps must be at least 1"),
+                  (self.outer_lr > 0, "--outer-lr must be positive")]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+        return self
+
+
+@dataclass
+class FitStep:
+    """One Reptile update: how the batch's writes went from the start before the update."""
+
+    step: int
+    accuracy: float  # mean teacher-forced token accuracy after inner_steps
+    solved: float  # share of segments that met the stopping test within inner_steps
+    steps: float  # mean write steps run (a solved segment stops early)
+    moved: float  # mean distance the writes moved from M0, per vector
+
+
+def fit_start(lm: LoadedModel, segments: list[list[int]], write: ResolvedWrite, cfg: FitConfig,
+              on_step: Callable[[FitStep], None] | None = None, start: Start | None = None) -> Start:
+    """Fit a start for ``lm`` on token ``segments`` (Reptile): each update writes ``cfg.batch``
+    segments for ``cfg.inner_steps`` steps with the write rule ``write`` from the current start,
+    then takes an Adam step on ``0.5 * |M0 - M_written|^2`` (the pull towards the written memories)."""
+    from gradmem_cli.writers.optimizer import OptimizerWriter
+
+    cfg.validate()
+    if not segments:
+        raise GradmemError("no text to fit a start on")
+    device = lm.model.get_input_embeddings().weight.device
+    start = (start or Start(write.mem_tokens, lm.hidden_size)).to(device)
+    inner = dataclasses.replace(write, init="fitted", steps=cfg.inner_steps)
+    writer = OptimizerWriter(inner, start)
+    optimizer = torch.optim.Adam(start.parameters(), lr=cfg.outer_lr)
+    order: list[int] = []
+    rng = random.Random(cfg.seed)
+    for step in range(cfg.outer_steps):
+        batch = []
+        while len(batch) < min(cfg.batch, len(segments)):
+            if not order:
+                order = list(range(len(segments)))
+                rng.shuffle(order)
+            batch.append(segments[order.pop()])
+        results = sorted(writer.write(lm, batch), key=lambda r: r.index)
+        written = torch.stack([r.memory for r in results]).to(device, torch.float32)
+        m0 = start(lm, batch)
+        loss = 0.5 * (m0 - written).pow(2).sum(-1).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if on_step:
+            on_step(FitStep(step, sum(r.accuracy for r in results) / len(results),
+                            sum(r.solved for r in results) / len(results),
+                            sum(r.steps for r in results) / len(results),
+                            (m0 - written).norm(dim=-1).mean().item()))
+    return start
