@@ -29,7 +29,8 @@ demo: setup
 	$(BIN)/gradmem write samples/lighthouse.txt -o $(DEMO)/lighthouse.gmem --force
 	$(BIN)/gradmem inspect $(DEMO)/lighthouse.gmem
 	$(BIN)/gradmem inspect $(DEMO)/lighthouse.gmem --reconstruct --against samples/lighthouse.txt
-	$(BIN)/gradmem write samples/story.txt -o $(DEMO)/story.gmem --force
+	# --init tokens: the shipped memory reader was trained on memories written from the token start
+	$(BIN)/gradmem write samples/story.txt -o $(DEMO)/story.gmem --force --init tokens
 	@echo "--- Where is Mary? (samples/story.txt; the answer is: office)"
 	@printf "%-42s" "no memory, frozen model:"; $(BIN)/gradmem ask $(DEMO)/story.gmem "$(QUESTION)" --via none --max-new-tokens 16
 	@printf "%-42s" "memory, frozen model:"; $(BIN)/gradmem ask $(DEMO)/story.gmem "$(QUESTION)" --max-new-tokens 16

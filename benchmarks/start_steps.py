@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import PARAGRAPHS, Timer, exact_rebuilds, log, spread, texts  # noqa: E402
+from benchmarks.common import PARAGRAPHS, ROOT, TUNING, Timer, exact_rebuilds, log, spread, texts  # noqa: E402
 from gradmem_cli.engine import memorize  # noqa: E402
 from gradmem_cli.lm.loading import load_model  # noqa: E402
 from gradmem_cli.memory.documents import Document  # noqa: E402
@@ -31,6 +32,16 @@ def held_out() -> list[tuple[str, str]]:
     """The evaluation passages: the sample paragraphs and the distinct SQuAD-mini contexts."""
     contexts = dict.fromkeys(json.loads(line)["context"] for line in SQUAD_MINI.read_text().splitlines() if line)
     return texts(PARAGRAPHS) + [(f"squad{i:02d}", c) for i, c in enumerate(contexts)]
+
+
+def shared_runs(passages: list[tuple[str, str]], folders: list[Path], n: int = 8) -> int:
+    """How many n-word runs the held-out passages share with the texts the start was fitted on."""
+    def runs(text: str) -> set[tuple[str, ...]]:
+        words = re.findall(r"\w+", text.lower())
+        return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+    fitted = set().union(*(runs(f.read_text()) for folder in folders for f in sorted(folder.glob("*.txt"))))
+    return sum(len(runs(text) & fitted) for _, text in passages)
 
 
 def write_all(lm, passages: list[tuple[str, str]], cfg: WriteConfig) -> tuple[dict[str, dict], float]:
@@ -51,6 +62,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--limit", type=int, default=None, help="the first N passages only")
     parser.add_argument("--batch-tokens", type=int, default=2048)
+    parser.add_argument("--fitted-on", type=Path, nargs="*", default=[ROOT / "samples" / "start-texts", TUNING],
+                        help="the folders the start was fitted on (checked for overlap with the passages)")
     args = parser.parse_args()
     lm = load_model(args.model, device=args.device, quiet=True)
     passages = held_out()[:args.limit]
@@ -62,7 +75,8 @@ def main() -> None:
     for passage, _ in passages:
         log(json.dumps({"passage": passage, **{k: runs[k][0][passage] for k in runs}}))
     print(f"model {lm.spec} on {lm.model.device}, default settings (64-token segments, 8 vectors), "
-          f"{len(passages)} held-out passages, start {args.start.name}")
+          f"{len(passages)} held-out passages, start {args.start.name}; 8-word runs they share with the texts "
+          f"it was fitted on: {shared_runs(passages, args.fitted_on)}")
     print("| start | steps per passage, summed over segments: median (range) | rebuilt exactly | seconds, batched |")
     print("|---|---|---|---|")
     for name, (rows, seconds) in runs.items():

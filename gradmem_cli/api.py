@@ -32,6 +32,7 @@ from gradmem_cli.memory.documents import Document
 from gradmem_cli.memory.memfile import MemoryFile
 from gradmem_cli.memory.outputs import claim_outputs
 from gradmem_cli.writers.config import WriteConfig
+from gradmem_cli.writers.start import FitConfig
 
 __all__ = ["Gradmem", "GradmemError", "Memory", "UsageError", "load", "load_memory"]
 
@@ -135,6 +136,16 @@ class Gradmem:
         worker.join()
         if failure:
             raise failure[0]
+
+    def fit_start(self, texts: Iterable[str], output: str | Path, mem_tokens: int = 8, segment_tokens: int = 64,
+                  force: bool = False, **fit: Any) -> dict[str, Any]:
+        """Fit a starting point for this model's writes on ``texts`` (``gradmem fit-start``; ``fit`` takes
+        :class:`FitConfig` fields) and save it to ``output`` (an existing start file only with ``force``,
+        any other file never); write from it with ``write(text, init="fitted", start=output)``. Returns
+        what the file records of the fit."""
+        docs = [Document.from_text(f"text{i}", t) for i, t in enumerate(texts)]
+        write = WriteConfig(mem_tokens=mem_tokens, segment_tokens=segment_tokens, init="tokens").validate()
+        return engine.fit_start_file(self.lm, docs, Path(output), write, FitConfig(**fit).validate(), force=force)
 
     def reconstruct(self, memory: Memory) -> str:
         """The text as the frozen model regenerates it from the memory alone."""

@@ -22,13 +22,13 @@ from gradmem_cli.lm import adapter
 from gradmem_cli.lm.fingerprint import Fingerprint, kv_bytes_per_token, model_shape
 from gradmem_cli.lm.generate import Answer, Reader, reconstruct, with_context
 from gradmem_cli.lm.loading import ALIASES, ConfigMismatch, LoadedModel, load_model
-from gradmem_cli.memory.documents import Document, read_inputs, split_segments
+from gradmem_cli.memory.documents import Document, split_segments
 from gradmem_cli.memory.memfile import MemoryFile, MemoryHeader
 from gradmem_cli.writers.base import SegmentResult, StepStats, Writer
 from gradmem_cli.writers.optimizer import OptimizerWriter
 from gradmem_cli.writers.trained import TrainedWriter
 from gradmem_cli.writers.config import ResolvedWrite, WriteConfig
-from gradmem_cli.writers.start import FitConfig, FitStep, fit_start, save_start
+from gradmem_cli.writers.start import FitConfig, FitStep, claim_start_output, fit_start, save_start
 
 
 @dataclass
@@ -157,13 +157,13 @@ def memorize(
         yield p.doc, MemoryFile(memory=memory, header=header), report
 
 
-def fit_start_file(inputs: list[str], output: Path, model: str | None, write: WriteConfig, fit: FitConfig,
-                   device: str = "auto", dtype: str = "float32", quiet: bool = False,
-                   on_step: Callable[[FitStep], None] | None = None, command: str = "") -> dict[str, Any]:
-    """Fit a start (:mod:`writers.start`) for ``model`` on the texts ``inputs``, split into segments as
-    ``write`` splits them, and save it to ``output`` with a record of what it was fitted on."""
-    docs = read_inputs(inputs)
-    lm = load_model(model, device=device, dtype=dtype, quiet=quiet)
+def fit_start_file(lm: LoadedModel, docs: list[Document], output: Path, write: WriteConfig, fit: FitConfig,
+                   on_step: Callable[[FitStep], None] | None = None, command: str = "", force: bool = False
+                   ) -> dict[str, Any]:
+    """Fit a start (:mod:`writers.start`) for ``lm`` on ``docs``, split into segments as ``write``
+    splits them, and save it to ``output`` with a record of what it was fitted on. An existing
+    ``output`` is replaced only if it is a start file and ``force`` is set (checked before the fit)."""
+    state = claim_start_output(output, force)
     cfg = write.resolve(lm)
     segments = [seg for doc in docs for seg in split_segments(lm.tokenize(doc.text), cfg.segment_tokens) if seg]
     start = fit_start(lm, segments, cfg, fit, on_step)
@@ -172,7 +172,7 @@ def fit_start_file(inputs: list[str], output: Path, model: str | None, write: Wr
               "sources": [{"name": d.path.name if d.path else d.name, "sha256": d.sha256} for d in docs],
               "command": command, "gradmem_version": __version__,
               "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    save_start(output, start, lm, record)
+    save_start(output, start, lm, record, expected=state)
     return {k: v for k, v in record.items() if k != "sources"}
 
 

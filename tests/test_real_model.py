@@ -38,6 +38,8 @@ def test_default_write_rebuilds_exactly(run, real_memory):
     assert 50 <= report["tokens"] <= 70 and report["segments"] == 1
     header = memfile.load(out).header
     assert header.model_id == "smollm2-135m-instruct" and header.hidden_size == 576
+    # The shipped start is the default for this model (gradmem_cli/data/starts).
+    assert header.write["init"] == "fitted" and header.write["start"].startswith("sha256:")
     info = json.loads(run("inspect", out, "--against", src, "--json").out)
     assert info["reconstruction"]["exact_match"] is True, info["reconstruction"]
     assert info["reconstruction"]["token_accuracy"] == 1.0

@@ -147,3 +147,32 @@ def test_save_and_read_round_trip(tiny_model, tmp_path):
     assert torch.equal(back.bias, start.bias) and json.loads(back.meta["fitted"]) == {"texts": 1}
     with pytest.raises(UsageError):
         starts.load_start(tmp_path / "s.safetensors", lm, 4)
+
+
+def test_the_shipped_start_records_the_texts_in_this_repository():
+    """The shipped start is valid, belongs to the default model with 8 vectors, and was fitted on exactly the
+    files under samples/start-texts and benchmarks/tuning (by SHA-256), none of them an evaluation text."""
+    import hashlib
+
+    (path,) = starts.shipped_starts()
+    start = read_start(path)
+    assert start.meta["model_id"] == "smollm2-135m-instruct" and tuple(start.bias.shape) == (8, 576)
+    fitted = json.loads(start.meta["fitted"])
+    files = sorted([*Path("samples/start-texts").glob("*.txt"), *Path("benchmarks/tuning").glob("*.txt")])
+    recorded = sorted((s["name"], s["sha256"]) for s in fitted["sources"])
+    assert recorded == sorted((f.name, hashlib.sha256(f.read_bytes()).hexdigest()) for f in files)
+    assert not any(Path("samples/paragraphs", name).exists() for name, _ in recorded)
+
+
+def test_the_python_api_fits_and_writes_from_a_start(tiny_model, tmp_path):
+    import gradmem_cli as gm
+
+    model = gm.load(tiny_model, device="cpu")
+    path = tmp_path / "api.safetensors"
+    report = model.fit_start(["Mira keeps the old lighthouse.", "The ferry leaves at nine."], path, outer_steps=2,
+                             batch=2, inner_steps=2)
+    assert report["segments"] == 2 and path.is_file()
+    memory = model.write("Mira keeps the lighthouse.", init="fitted", start=str(path), steps=3)
+    assert memory.header.write["start"] == read_start(path).digest
+    with pytest.raises(GradmemError, match="--force"):
+        model.fit_start(["text"], path, outer_steps=1)

@@ -18,6 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from gradmem_cli.engine import fit_start_file  # noqa: E402
+from gradmem_cli.lm.loading import load_model  # noqa: E402
+from gradmem_cli.memory.documents import read_inputs  # noqa: E402
 from gradmem_cli.training.checkpoint_eval import steps_table  # noqa: E402
 from gradmem_cli.training.config import load_config  # noqa: E402
 from gradmem_cli.training.loop import train  # noqa: E402
@@ -25,7 +27,7 @@ from gradmem_cli.writers.config import WriteConfig  # noqa: E402
 from gradmem_cli.writers.start import FitConfig  # noqa: E402
 
 # The project's own prose (never an evaluation text: benchmarks/start_steps.py checks the overlap).
-FIT_TEXTS = ["README.md", "CHANGELOG.md", "docs/format.md", "docs/training.md", "benchmarks/tuning"]
+FIT_TEXTS = ["samples/start-texts", "benchmarks/tuning"]
 
 
 def kv(out: Path) -> None:
@@ -44,12 +46,12 @@ def fit(out: Path) -> None:
     def on_step(step) -> None:
         print(json.dumps({**step.__dict__, "seconds": round(time.perf_counter() - started, 1)}), file=log, flush=True)
 
-    report = fit_start_file(FIT_TEXTS, out / "smollm2-135m-instruct-m8.safetensors", "smollm2-135m-instruct",
-                            WriteConfig(mem_tokens=8, segment_tokens=64, init="tokens", batch_tokens=8192), fit_cfg, device="cuda",
-                            quiet=True, on_step=on_step,
-                            command="gradmem fit-start " + " ".join(FIT_TEXTS) + " -o smollm2-135m-instruct-m8"
-                                    ".safetensors --outer-steps 50 --batch 64 --inner-steps 24 --outer-lr 0.01 --batch-tokens 8192 "
-                                    "--device cuda")
+    write = WriteConfig(mem_tokens=8, segment_tokens=64, init="tokens", batch_tokens=8192)
+    lm = load_model("smollm2-135m-instruct", device="cuda", quiet=True)
+    report = fit_start_file(lm, read_inputs(FIT_TEXTS), out / "smollm2-135m-instruct-m8.safetensors", write, fit_cfg,
+                            on_step=on_step, command="gradmem fit-start " + " ".join(FIT_TEXTS)
+                            + " -o smollm2-135m-instruct-m8.safetensors --outer-steps 50 --batch 64 --inner-steps 24 "
+                              "--outer-lr 0.01 --batch-tokens 8192 --device cuda")
     print(json.dumps(report), file=log, flush=True)
 
 

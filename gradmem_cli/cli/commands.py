@@ -360,18 +360,15 @@ def fit_start(
 
     from gradmem_cli import engine
     from gradmem_cli.cli.progress import console, make_progress
+    from gradmem_cli.lm.loading import load_model
+    from gradmem_cli.memory.documents import read_inputs
+    from gradmem_cli.writers.start import claim_start_output
 
-    if output.exists() or output.is_symlink():
-        from gradmem_cli.writers.start import read_start
-
-        try:
-            read_start(output)
-        except GradmemError:
-            raise GradmemError(f"refusing to overwrite {output}: it is not a gradmem start file") from None
-        if not force:
-            raise GradmemError(f"{output} already exists (use --force to overwrite it)")
+    claim_start_output(output, force)  # before the model loads; the fit checks again before it writes
     cfg = WriteConfig(mem_tokens=mem_tokens, segment_tokens=segment_tokens, batch_tokens=batch_tokens,
                       init="tokens").validate()
+    docs = read_inputs(inputs)
+    lm = load_model(model, device=run.device, dtype=run.dtype, quiet=run.quiet)
     with make_progress(run.quiet) as progress:
         bar = progress.add_task("fitting a start", total=fit.outer_steps, status="")
         history: list[dict] = []
@@ -380,11 +377,11 @@ def fit_start(
             history.append(dataclasses.asdict(step))
             progress.update(bar, advance=1, status=f"acc {step.accuracy:.3f} solved {step.solved:.2f} "
                                                    f"steps {step.steps:.1f} moved {step.moved:.2f}")
-            if not run.quiet and not console.is_terminal and (step.step + 1) % 10 == 0:
+            if not run.quiet and not console.is_terminal:  # a log line per update where no bar can show
                 console.print(f"update {step.step + 1}: {progress.tasks[0].fields['status']}", highlight=False)
 
-        report = engine.fit_start_file(inputs, output, model, cfg, fit, run.device, run.dtype, run.quiet, on_step,
-                                       command=shlex.join(["gradmem", *sys.argv[1:]]))
+        report = engine.fit_start_file(lm, docs, output, cfg, fit, on_step, shlex.join(["gradmem", *sys.argv[1:]]),
+                                       force)
     if run.json:
         emit_json({**report, "history": history})
     elif not run.quiet:

@@ -72,6 +72,10 @@ class ReaderTrainConfig(LoopSettings):
     """A memory store folder shared between runs (default: OUT/memories)."""
     cached_only: bool = False
     """Train only on stories whose memory is already stored (start before the store is full)."""
+    init: str = "tokens"
+    """How the training memories start (``gradmem write --init``): ``tokens``, as for the shipped readers,
+    which were trained before gradmem shipped a fitted start; ``fitted`` for memories that
+    ``gradmem write`` now writes by default with the default model."""
     rank: int = 16
     """LoRA rank."""
     alpha: float = 32.0
@@ -86,6 +90,7 @@ class ReaderTrainConfig(LoopSettings):
             *self.loop_checks(),
             (self.variants and all(v in babi.VARIANTS for v in self.variants), "variants must be among qa1..qa5"),
             (self.input in INPUTS, f"input must be one of {', '.join(INPUTS)}"),
+            (self.init in ("tokens", "random", "fitted"), "init must be tokens, random or fitted"),
             (self.train_stories >= 1 and self.eval_stories >= 1, "train_stories and eval_stories must be at least 1"),
             (self.rank >= 1 and self.alpha > 0 and bool(self.targets), "rank >= 1, alpha > 0, targets not empty"),
             (self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
@@ -137,7 +142,8 @@ class ReaderTrainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
         self.run = Run(cfg)
         self.run.check_config()
-        self.store = MemoryStore(cfg.memories or Path(cfg.out) / "memories", self.lm, WriteConfig().resolve(self.lm))
+        self.store = MemoryStore(cfg.memories or Path(cfg.out) / "memories", self.lm,
+                                 WriteConfig(init=cfg.init).resolve(self.lm))
         self.eval_rows = held_out(cfg)
         self.train_rows = training_rows(cfg, {r.example.context for r in self.eval_rows})
         self.meta: dict[str, Any] = {"step": 0, "best": [-1.0, -1.0], "best_step": 0}

@@ -32,7 +32,7 @@ import torch
 
 from gradmem_cli.errors import GradmemError, UsageError
 from gradmem_cli.lm.fingerprint import Fingerprint
-from gradmem_cli.memory.fileio import atomic_write_bytes, check_regular_file
+from gradmem_cli.memory.fileio import FileState, atomic_write_bytes, check_regular_file, file_state
 
 if TYPE_CHECKING:
     from gradmem_cli.lm.loading import LoadedModel
@@ -73,13 +73,29 @@ def _metadata(lm: LoadedModel, fitted: dict[str, Any]) -> dict[str, str]:
             "model_fingerprint": json.dumps(dataclasses.asdict(lm.fingerprint)), "fitted": json.dumps(fitted)}
 
 
-def save_start(path: Path, start: Start, lm: LoadedModel, fitted: dict[str, Any]) -> None:
-    """Write a start file atomically."""
+def claim_start_output(path: Path, force: bool) -> FileState | None:
+    """Refuse an output that is anything but a start file, and a start file without ``force``; what
+    is at ``path`` now (the publish fails if that changes meanwhile)."""
+    if path.exists() or path.is_symlink():
+        if not path.is_file():
+            raise GradmemError(f"cannot write to {path}: not a regular file")
+        try:
+            read_start(path)
+        except GradmemError:
+            raise GradmemError(f"refusing to overwrite {path}: it is not a gradmem start file") from None
+        if not force:
+            raise GradmemError(f"{path} already exists (use --force to overwrite it)")
+    return file_state(path)
+
+
+def save_start(path: Path, start: Start, lm: LoadedModel, fitted: dict[str, Any],
+               expected: FileState | None | bool = True) -> None:
+    """Write a start file atomically (``expected``: see :func:`fileio.atomic_write_bytes`)."""
     from safetensors.torch import save
 
     tensors = {name: getattr(start, name).detach().to("cpu", torch.float32).contiguous() for name in TENSORS}
     try:
-        atomic_write_bytes(Path(path), save(tensors, metadata=_metadata(lm, fitted)))
+        atomic_write_bytes(Path(path), save(tensors, metadata=_metadata(lm, fitted)), expected)
     except OSError as exc:
         raise GradmemError(f"cannot write {path}: {exc.strerror or exc}") from None
 
@@ -96,7 +112,8 @@ def read_start(path: Path | str) -> Start:
             if meta.get("format") != START_FORMAT:
                 raise GradmemError(f"{path} is not a gradmem start file")
             if str(meta.get("format_version", "")).split(".")[0] != START_FORMAT_VERSION.split(".")[0]:
-                raise GradmemError(f"{path}: start format {meta.get('format_version')} is not supported by this gradmem")
+                raise GradmemError(f"{path}: start format {meta.get('format_version')} is not supported "
+                                   "by this gradmem")
             if sorted(fh.keys()) != sorted(TENSORS):
                 raise GradmemError(f"{path}: corrupt start file (expected tensors {', '.join(TENSORS)})")
             tensors = {name: fh.get_tensor(name).float() for name in TENSORS}
