@@ -32,7 +32,7 @@ from gradmem_cli.memory.documents import Document
 from gradmem_cli.memory.memfile import MemoryFile
 from gradmem_cli.memory.outputs import claim_outputs
 from gradmem_cli.writers.config import WriteConfig
-from gradmem_cli.writers.start import FitConfig
+from gradmem_cli.writers.fitting import FitConfig
 
 __all__ = ["Gradmem", "GradmemError", "Memory", "UsageError", "load", "load_memory"]
 

@@ -28,7 +28,8 @@ from gradmem_cli.writers.base import SegmentResult, StepStats, Writer
 from gradmem_cli.writers.optimizer import OptimizerWriter
 from gradmem_cli.writers.trained import TrainedWriter
 from gradmem_cli.writers.config import ResolvedWrite, WriteConfig
-from gradmem_cli.writers.start import FitConfig, FitStep, claim_start_output, fit_start, save_start
+from gradmem_cli.writers.fitting import FitConfig, FitStep, fit_start
+from gradmem_cli.writers.start import claim_start_output, save_start
 
 
 @dataclass

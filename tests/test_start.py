@@ -15,7 +15,8 @@ from gradmem_cli.memory import memfile
 from gradmem_cli.writers import start as starts
 from gradmem_cli.writers.config import WriteConfig
 from gradmem_cli.writers.optimizer import initial_memory
-from gradmem_cli.writers.start import FitConfig, Start, fit_start, read_start, save_start
+from gradmem_cli.writers.fitting import FitConfig, fit_start
+from gradmem_cli.writers.start import Start, read_start, save_start
 
 TEXT = "Mira keeps the old lighthouse on Gull Point and writes the weather in a blue notebook every morning."
 

@@ -24,7 +24,7 @@ from gradmem_cli.training.checkpoint_eval import steps_table  # noqa: E402
 from gradmem_cli.training.config import load_config  # noqa: E402
 from gradmem_cli.training.loop import train  # noqa: E402
 from gradmem_cli.writers.config import WriteConfig  # noqa: E402
-from gradmem_cli.writers.start import FitConfig  # noqa: E402
+from gradmem_cli.writers.fitting import FitConfig  # noqa: E402
 
 # The project's own prose (never an evaluation text: benchmarks/start_steps.py checks the overlap).
 FIT_TEXTS = ["samples/start-texts", "benchmarks/tuning"]

@@ -22,7 +22,7 @@ from gradmem_cli.cli.options import (
 from gradmem_cli.errors import GradmemError, UsageError
 from gradmem_cli.tasks import TASKS
 from gradmem_cli.writers.config import WriteConfig
-from gradmem_cli.writers.start import FitConfig
+from gradmem_cli.writers.fitting import FitConfig
 
 app = typer.Typer(
     help="Write documents into a few memory vectors by test-time gradient descent; answer from them later.",
