@@ -28,32 +28,32 @@ INITS = ("tokens", "random", "fitted", "learned")
 @dataclass(frozen=True)
 class WriteConfig:
     """Settings of a WRITE. Fields left at None take the model's default (:meth:`resolve`): the
-    value in brackets in their help for a plain LM, the trained writer's own for a ``gradmem
+    value in parentheses in their help for a plain LM, the trained writer's own for a ``gradmem
     train`` checkpoint."""
 
     mem_tokens: int | None = field(default=None, metadata={
-        "help": "m: memory vectors per segment [8; a trained writer's m]."})
+        "help": "m: memory vectors per segment (default: 8; a trained writer's m)."})
     segment_tokens: int | None = field(default=None, metadata={
         "help": "Longest segment in tokens; longer texts are split into near-equal segments, each with m vectors "
-                "[64; a trained writer: what its positions hold]."})
+                "(default: 64; a trained writer: what its positions hold)."})
     steps: int | None = field(default=None, metadata={
         "help": "Most optimisation steps per segment (it stops earlier once the stopping test passes) "
-                "[400; 40 for --objective distill; a trained writer runs exactly its K]."})
-    lr: float | None = field(default=None, metadata={"help": "Peak learning rate [0.05; a trained writer's alpha]."})
+                "(default: 400; 40 for --objective distill; a trained writer runs exactly its K)."})
+    lr: float | None = field(default=None, metadata={"help": "Peak learning rate (default: 0.05; a trained writer's alpha)."})
     optimizer: str | None = field(default=None, metadata={
         "help": "adam (betas 0.9/0.9, as in Cramming) or sgd (plain SGD, the paper's inner-loop rule) "
-                "[adam; a trained writer: sgd, or forward for an RMT writer]."})
+                "(default: adam; a trained writer: sgd, or forward for an RMT writer)."})
     betas: tuple[float, float] = field(default=(0.9, 0.9), metadata={"help": "Adam's betas.", "cli": False})
     schedule: str | None = field(default=None, metadata={
         "help": "cosine: linear warm-up, then cosine decay to 0 at --steps; constant: --lr throughout "
-                "[cosine; constant for a trained writer]."})
+                "(default: cosine; constant for a trained writer)."})
     warmup: float = field(default=0.1, metadata={"help": "Warm-up length as a fraction of --steps (cosine only)."})
     init: str | None = field(default=None, metadata={
         "help": "Initial memory: tokens = the embeddings of the segment's first m tokens (cycled if shorter); "
                 "random = Gaussian noise with the std of the embedding matrix (Cramming); fitted = a start fitted "
                 "on many texts for this model (gradmem fit-start; see --start); learned = a trained writer's M0 and "
-                "its trained write rule, no stopping test [fitted where gradmem ships a start for the model and m "
-                "(reconstruct only), else tokens; learned for a trained writer]."})
+                "its trained write rule, no stopping test (default: fitted where gradmem ships a start for the model "
+                "and m (reconstruct only), else tokens; learned for a trained writer)."})
     start: str | None = field(default=None, metadata={
         "help": "A start file written by gradmem fit-start, for --init fitted (default: the start gradmem ships "
                 "for the model, if any). A .gmem records the start's sha256, not its path."})
