@@ -118,6 +118,8 @@ def test_fit_start_never_overwrites_other_files(run, tiny_model, tmp_path, fitte
     assert result.code == 1 and "not a gradmem start file" in result.err and precious.read_text() == "mine"
     existing = run("fit-start", "samples/paragraphs", "-o", fitted, "-m", tiny_model, "--outer-steps", "1")
     assert existing.code == 1 and "--force" in existing.err
+    nowhere = run("fit-start", "samples/paragraphs", "-o", tmp_path / "missing" / "s.safetensors", "-m", tiny_model)
+    assert nowhere.code == 1 and "no such folder" in nowhere.err and "fitting" not in nowhere.err
 
 
 def test_the_shipped_start_is_the_default_where_it_fits(tiny_model, other_tiny_model, fitted, monkeypatch):

@@ -70,7 +70,10 @@ def _metadata(lm: LoadedModel, fitted: dict[str, Any]) -> dict[str, str]:
 
 def claim_start_output(path: Path, force: bool) -> FileState | None:
     """Refuse an output that is anything but a start file, and a start file without ``force``; what
-    is at ``path`` now (the publish fails if that changes meanwhile)."""
+    is at ``path`` now (the publish fails if that changes meanwhile). Checked before a fit, which can
+    take hours, rather than when it saves."""
+    if not path.parent.is_dir():
+        raise GradmemError(f"cannot write {path}: no such folder {path.parent}")
     if path.exists() or path.is_symlink():
         if not path.is_file():
             raise GradmemError(f"cannot write to {path}: not a regular file")
