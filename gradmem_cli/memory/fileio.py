@@ -7,10 +7,12 @@ output) is never silently replaced.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,23 @@ def check_regular_file(path: Path) -> None:
         raise GradmemError(f"cannot read {path}: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
         raise GradmemError(f"not a regular file: {path}")
+
+
+@contextlib.contextmanager
+def open_safetensors(path: Path, what: str) -> Iterator[Any]:
+    """An untrusted safetensors file opened for reading (no code runs, only its header and tensors are
+    read). A :class:`GradmemError` raised inside passes through; any other failure (a truncated or
+    garbled file) becomes one line: ``PATH is not a valid WHAT (corrupt or truncated)``."""
+    from safetensors import safe_open
+
+    check_regular_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            yield fh
+    except GradmemError:
+        raise
+    except Exception as exc:  # safetensors raises several types for truncated or garbled files
+        raise GradmemError(f"{path} is not a valid {what} (corrupt or truncated)") from exc
 
 
 def read_config_json(path: Path, cls: type, format_name: str, version: str, what: str) -> Any:

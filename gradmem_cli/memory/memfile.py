@@ -24,7 +24,7 @@ import torch
 
 from gradmem_cli.errors import GradmemError
 from gradmem_cli.lm.dtypes import DTYPES
-from gradmem_cli.memory.fileio import FileState, atomic_write_bytes, check_regular_file
+from gradmem_cli.memory.fileio import FileState, atomic_write_bytes, check_regular_file, open_safetensors
 
 FORMAT_NAME = "gradmem.memory"
 FORMAT_VERSION = "1.0"
@@ -209,43 +209,35 @@ def is_memory_file(path: Path) -> bool:
 
 def load(path: Path | str) -> MemoryFile:
     """Load and validate a ``.gmem``; every defect is a one-line :class:`GradmemError`."""
-    from safetensors import safe_open
-
     path = Path(path)
-    check_regular_file(path)
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            keys = list(fh.keys())
-            if meta.get("format") != FORMAT_NAME:
-                raise GradmemError(f"{path} is a safetensors file but not a gradmem memory (.gmem) file")
-            version = meta.get("format_version")
-            if not isinstance(version, str) or not re.fullmatch(r"\d+\.\d+", version):
-                raise GradmemError(f"{path}: corrupt .gmem (no valid 'format_version')")
-            if _major(version) != _major(FORMAT_VERSION):
-                newer = _major(version) > _major(FORMAT_VERSION)
-                hint = "upgrade gradmem to read it" if newer else "it cannot be read by this gradmem"
-                raise GradmemError(
-                    f"{path} uses .gmem format {version}; this gradmem reads {_major(FORMAT_VERSION)}.x ({hint})"
-                )
-            if keys != ["memory"]:
-                raise GradmemError(f"{path}: corrupt .gmem (expected one tensor 'memory', found {keys})")
-            header = MemoryHeader.from_metadata(meta, str(path))
-            problem = header_problem(header)
-            if problem:
-                raise GradmemError(f"{path}: corrupt .gmem ({problem})")
-            sliced = fh.get_slice("memory")
-            dtype, shape = sliced.get_dtype(), tuple(sliced.get_shape())
-            expected = (header.segments, header.mem_tokens, header.hidden_size)
-            if dtype not in ("F32", "F16", "BF16"):
-                raise GradmemError(f"{path}: corrupt .gmem (memory dtype {dtype}; expected F32, F16 or BF16)")
-            if shape != expected:
-                raise GradmemError(f"{path}: corrupt .gmem (memory shape {shape}, header says {expected})")
-            memory = fh.get_tensor("memory")
-    except GradmemError:
-        raise
-    except Exception as exc:  # safetensors raises several types for truncated or garbled files
-        raise GradmemError(f"{path} is not a valid .gmem file (corrupt or truncated)") from exc
+    with open_safetensors(path, ".gmem file") as fh:
+        meta = fh.metadata() or {}
+        keys = list(fh.keys())
+        if meta.get("format") != FORMAT_NAME:
+            raise GradmemError(f"{path} is a safetensors file but not a gradmem memory (.gmem) file")
+        version = meta.get("format_version")
+        if not isinstance(version, str) or not re.fullmatch(r"\d+\.\d+", version):
+            raise GradmemError(f"{path}: corrupt .gmem (no valid 'format_version')")
+        if _major(version) != _major(FORMAT_VERSION):
+            newer = _major(version) > _major(FORMAT_VERSION)
+            hint = "upgrade gradmem to read it" if newer else "it cannot be read by this gradmem"
+            raise GradmemError(
+                f"{path} uses .gmem format {version}; this gradmem reads {_major(FORMAT_VERSION)}.x ({hint})"
+            )
+        if keys != ["memory"]:
+            raise GradmemError(f"{path}: corrupt .gmem (expected one tensor 'memory', found {keys})")
+        header = MemoryHeader.from_metadata(meta, str(path))
+        problem = header_problem(header)
+        if problem:
+            raise GradmemError(f"{path}: corrupt .gmem ({problem})")
+        sliced = fh.get_slice("memory")
+        dtype, shape = sliced.get_dtype(), tuple(sliced.get_shape())
+        expected = (header.segments, header.mem_tokens, header.hidden_size)
+        if dtype not in ("F32", "F16", "BF16"):
+            raise GradmemError(f"{path}: corrupt .gmem (memory dtype {dtype}; expected F32, F16 or BF16)")
+        if shape != expected:
+            raise GradmemError(f"{path}: corrupt .gmem (memory shape {shape}, header says {expected})")
+        memory = fh.get_tensor("memory")
     if not torch.isfinite(memory).all():
         raise GradmemError(f"{path}: corrupt .gmem (memory holds NaN or infinite values)")
     return MemoryFile(memory=memory, header=header, path=path)

@@ -39,7 +39,8 @@ class WriteConfig:
     steps: int | None = field(default=None, metadata={
         "help": "Most optimisation steps per segment (it stops earlier once the stopping test passes) "
                 "(default: 400; 40 for --objective distill; a trained writer runs exactly its K)."})
-    lr: float | None = field(default=None, metadata={"help": "Peak learning rate (default: 0.05; a trained writer's alpha)."})
+    lr: float | None = field(default=None, metadata={
+        "help": "Peak learning rate (default: 0.05; a trained writer's alpha)."})
     optimizer: str | None = field(default=None, metadata={
         "help": "adam (betas 0.9/0.9, as in Cramming) or sgd (plain SGD, the paper's inner-loop rule) "
                 "(default: adam; a trained writer: sgd, or forward for an RMT writer)."})
@@ -123,8 +124,9 @@ class WriteConfig:
             if values["optimizer"] == "forward":
                 raise UsageError("--optimizer forward is the rule of an RMT writer (--init learned)")
             start = self._start(lm, values["mem_tokens"])
-            resolved = ResolvedWrite(**{**asdict(self), **values, "init": "fitted" if start else self.init or "tokens",
-                                        "start": start.digest if start else None}).fits(lm)
+            init = "fitted" if start is not None else init
+            resolved = ResolvedWrite(**{**asdict(self), **values, "init": init,
+                                        "start": start.digest if start is not None else None}).fits(lm)
             object.__setattr__(resolved, "start_weights", start)
             return resolved
         if writer is None:
@@ -151,7 +153,6 @@ class WriteConfig:
             "steps": writer.cfg.steps if self.steps is None else self.steps,
             "lr": writer.cfg.inner_lr if self.lr is None else self.lr,
         }).fits(lm)
-
 
     def _start(self, lm: LoadedModel, mem_tokens: int) -> Start | None:
         """The start of a fitted write: ``--start``, else the shipped start for this model and m when

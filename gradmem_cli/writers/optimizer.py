@@ -52,11 +52,12 @@ class _State:
 
 def initial_memory(lm: LoadedModel, ids: list[int], cfg: ResolvedWrite, generator: torch.Generator,
                    start: Start | None = None) -> torch.Tensor:
-    """The documented starting point M0 of a segment's memory (see ``WriteConfig.init``)."""
+    """The documented starting point M0 of a segment's memory (see ``WriteConfig.init``); a fitted
+    start is ``start`` if given, else the one ``cfg`` was resolved with."""
     weight = lm.model.get_input_embeddings().weight.detach()
     if cfg.init == "fitted":
         with torch.no_grad():
-            return (start or cfg.start_weights)(lm, [ids])[0]
+            return (start if start is not None else cfg.start_weights)(lm, [ids])[0]
     if cfg.init == "random":
         std = weight.float().std().item()
         noise = torch.randn(cfg.mem_tokens, weight.shape[1], generator=generator) * std
@@ -72,9 +73,7 @@ class OptimizerWriter:
     def __init__(self, cfg: ResolvedWrite, start: Start | None = None):
         self.cfg = cfg
         self.objective = OBJECTIVES[cfg.objective]
-        self.start = start if start is not None else cfg.start_weights
-        if cfg.init == "fitted" and self.start is None:
-            raise ValueError("--init fitted needs a start")
+        self.start = start  # a start being fitted, in place of the one cfg was resolved with
 
     def _cost(self, lm: LoadedModel, state: _State) -> int:
         """Tokens a segment adds to a batch; its objective prepares it (once) when first costed."""

@@ -28,7 +28,7 @@ import torch
 
 from gradmem_cli.errors import GradmemError, UsageError
 from gradmem_cli.lm.fingerprint import Fingerprint
-from gradmem_cli.memory.fileio import FileState, atomic_write_bytes, check_regular_file, file_state
+from gradmem_cli.memory.fileio import FileState, atomic_write_bytes, file_state, open_safetensors
 
 if TYPE_CHECKING:
     from gradmem_cli.lm.loading import LoadedModel
@@ -100,26 +100,18 @@ def save_start(path: Path, start: Start, lm: LoadedModel, fitted: dict[str, Any]
 
 def read_start(path: Path | str) -> Start:
     """A start file, validated (format, tensor names, shapes, finite values), not yet tied to a model."""
-    from safetensors import safe_open
-
     path = Path(path)
-    check_regular_file(path)
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            if meta.get("format") != START_FORMAT:
-                raise GradmemError(f"{path} is not a gradmem start file")
-            if str(meta.get("format_version", "")).split(".")[0] != START_FORMAT_VERSION.split(".")[0]:
-                raise GradmemError(f"{path}: start format {meta.get('format_version')} is not supported "
-                                   "by this gradmem")
-            if sorted(fh.keys()) != sorted(TENSORS):
-                raise GradmemError(f"{path}: corrupt start file (expected tensors {', '.join(TENSORS)})")
-            tensors = {name: fh.get_tensor(name).float() for name in TENSORS}
-            json.loads(meta["model_fingerprint"])
-    except GradmemError:
-        raise
-    except Exception as exc:  # truncated, garbled, or metadata that is not JSON
-        raise GradmemError(f"{path} is not a valid start file (corrupt or truncated)") from exc
+    with open_safetensors(path, "start file") as fh:  # metadata that is not JSON: "not a valid start file"
+        meta = fh.metadata() or {}
+        if meta.get("format") != START_FORMAT:
+            raise GradmemError(f"{path} is not a gradmem start file")
+        if str(meta.get("format_version", "")).split(".")[0] != START_FORMAT_VERSION.split(".")[0]:
+            raise GradmemError(f"{path}: start format {meta.get('format_version')} is not supported "
+                               "by this gradmem")
+        if sorted(fh.keys()) != sorted(TENSORS):
+            raise GradmemError(f"{path}: corrupt start file (expected tensors {', '.join(TENSORS)})")
+        tensors = {name: fh.get_tensor(name).float() for name in TENSORS}
+        json.loads(meta["model_fingerprint"])
     bias = tensors["bias"]
     if bias.dim() != 2 or tensors["scale"].shape != (bias.shape[0],) or tensors["mix"].shape != (bias.shape[0],):
         raise GradmemError(f"{path}: corrupt start file (tensor shapes do not agree)")
