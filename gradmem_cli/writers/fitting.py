@@ -58,7 +58,7 @@ class FitStep:
 
 
 def fit_start(lm: LoadedModel, segments: list[list[int]], write: ResolvedWrite, cfg: FitConfig,
-              on_step: Callable[[FitStep], None] | None = None, start: Start | None = None) -> Start:
+              on_step: Callable[[FitStep], None] | None = None) -> Start:
     """Fit a start for ``lm`` on token ``segments`` (Reptile): each update writes ``cfg.batch``
     segments for ``cfg.inner_steps`` steps with the write rule ``write`` from the current start,
     then takes an Adam step on ``0.5 * |M0 - M_written|^2`` (the pull towards the written memories)."""
@@ -66,7 +66,7 @@ def fit_start(lm: LoadedModel, segments: list[list[int]], write: ResolvedWrite, 
     if not segments:
         raise GradmemError("no text to fit a start on")
     device = lm.model.get_input_embeddings().weight.device
-    start = (start or Start(write.mem_tokens, lm.hidden_size)).to(device)
+    start = Start(write.mem_tokens, lm.hidden_size).to(device)
     inner = dataclasses.replace(write, init="fitted", steps=cfg.inner_steps)
     writer = OptimizerWriter(inner, start)
     optimizer = torch.optim.Adam(start.parameters(), lr=cfg.outer_lr)
