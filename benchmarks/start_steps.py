@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from benchmarks.common import PARAGRAPHS, ROOT, TUNING, Timer, exact_rebuilds, l
 from gradmem_cli.engine import memorize  # noqa: E402
 from gradmem_cli.lm.loading import load_model  # noqa: E402
 from gradmem_cli.memory.documents import Document  # noqa: E402
+from gradmem_cli.tasks.base import word_runs  # noqa: E402
 from gradmem_cli.writers.config import WriteConfig  # noqa: E402
 
 SQUAD_MINI = Path(__file__).resolve().parents[1] / "gradmem_cli" / "data" / "squad_mini.jsonl"
@@ -36,12 +36,8 @@ def held_out() -> list[tuple[str, str]]:
 
 def shared_runs(passages: list[tuple[str, str]], folders: list[Path], n: int = 8) -> int:
     """How many n-word runs the held-out passages share with the texts the start was fitted on."""
-    def runs(text: str) -> set[tuple[str, ...]]:
-        words = re.findall(r"\w+", text.lower())
-        return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
-
-    fitted = set().union(*(runs(f.read_text()) for folder in folders for f in sorted(folder.glob("*.txt"))))
-    return sum(len(runs(text) & fitted) for _, text in passages)
+    fitted = set().union(*(word_runs(f.read_text(), n) for folder in folders for f in sorted(folder.glob("*.txt"))))
+    return sum(len(word_runs(text, n) & fitted) for _, text in passages)
 
 
 def write_all(lm, passages: list[tuple[str, str]], cfg: WriteConfig) -> tuple[dict[str, dict], float]:

@@ -147,6 +147,15 @@ class Gradmem:
         write = WriteConfig(mem_tokens=mem_tokens, segment_tokens=segment_tokens, init="tokens").validate()
         return engine.fit_start_file(self.lm, docs, Path(output), write, FitConfig(**fit).validate(), force=force)
 
+    def self_study(self, texts: Iterable[str], **study: Any) -> list[dict[str, Any]]:
+        """Questions and answers this model writes about ``texts`` (``gradmem self-study``; ``study``
+        takes :class:`SelfStudyConfig` fields): ``{id, context, question, answers, source}`` records,
+        the JSONL a reader trains on with ``train-reader``'s ``task: qa``."""
+        from gradmem_cli.training.selfstudy import SelfStudyConfig, study as run_study
+
+        docs = [Document.from_text(f"text{i}", t) for i, t in enumerate(texts)]
+        return list(run_study(self.lm, docs, SelfStudyConfig(**study).validate()))
+
     def reconstruct(self, memory: Memory) -> str:
         """The text as the frozen model regenerates it from the memory alone."""
         return engine.rebuild_text(self.lm, memory.file)

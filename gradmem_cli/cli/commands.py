@@ -21,6 +21,7 @@ from gradmem_cli.cli.options import (
 )
 from gradmem_cli.errors import GradmemError, UsageError
 from gradmem_cli.tasks import TASKS
+from gradmem_cli.training.selfstudy import SelfStudyConfig
 from gradmem_cli.writers.config import WriteConfig
 from gradmem_cli.writers.fitting import FitConfig
 
@@ -387,6 +388,51 @@ def fit_start(
     elif not run.quiet:
         console.print(f"{output}: a start for {report['model']} fitted on {report['segments']} segments of "
                       f"{report['texts']} texts; last update: {progress.tasks[0].fields['status']}")
+
+
+@app.command("self-study")
+@config_options(SelfStudyConfig, "study")
+@run_options()
+def self_study(
+    inputs: Annotated[list[str], typer.Argument(help="Text files, folders (their *.txt) or - for stdin: the texts to "
+                                                "ask about (never the texts you will evaluate on).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The JSONL to write: {id, context, question, "
+                                         "answers, source} per line, what train-reader's task: qa reads.")],
+    model: ModelOpt = None,
+    study: SelfStudyConfig = None,
+    run: RunOptions = None,
+) -> None:
+    """Questions and answers the model writes about your texts, to train a reader on (train-reader, task: qa)."""
+    from gradmem_cli.cli.progress import console, make_progress
+    from gradmem_cli.lm.loading import load_model
+    from gradmem_cli.memory.documents import read_inputs
+    from gradmem_cli.training.selfstudy import candidates, study as run_study
+
+    if not output.parent.is_dir():  # before the model loads and the questions are written
+        raise GradmemError(f"cannot write {output}: folder {output.parent} does not exist")
+    docs = read_inputs(inputs)
+    total = candidates(docs, study)
+    if not total:
+        raise GradmemError(f"no passage of {study.min_words}+ words with a name or quantity to ask about in the input")
+    lm = load_model(model, device=run.device, dtype=run.dtype, quiet=run.quiet)
+    tried = kept = 0
+    with make_progress(run.quiet) as progress:
+        bar = progress.add_task("writing questions", total=total, status="")
+
+        def on_candidate(candidate) -> None:
+            nonlocal tried, kept
+            tried, kept = tried + 1, kept + candidate.kept
+            progress.update(bar, advance=1, status=f"kept {kept}")
+            if not run.quiet and not console.is_terminal and (tried % 25 == 0 or tried == total):
+                console.print(f"{tried}/{total} candidate answers: {kept} questions kept", highlight=False)
+
+        records = list(run_study(lm, docs, study, on_candidate))
+    write_json_lines(output, records)
+    if run.json:
+        emit_json({"output": str(output), "questions": len(records), "candidates": tried,
+                   "passages": len({r["context"] for r in records}), "texts": len(docs)})
+    elif not run.quiet:
+        console.print(f"{output}: {len(records)} questions kept of {tried} candidate answers in {len(docs)} texts")
 
 
 @app.command()

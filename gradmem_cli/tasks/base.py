@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,6 +76,13 @@ def read_jsonl(path: Path) -> list[tuple[str, dict]]:
     if not records:
         raise GradmemError(f"{path} holds no records")
     return records
+
+
+def word_runs(text: str, n: int = 8) -> set[tuple[str, ...]]:
+    """Every run of ``n`` consecutive words (lower case): two texts that share one share a passage,
+    which is how training texts are checked against held-out ones."""
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
 
 
 def file_source(path: Path) -> dict[str, Any]:

@@ -6,9 +6,12 @@ is switched on only while reading (:mod:`~gradmem_cli.lm.adapter`) is then train
 ``[memory; question] -> answer``, with the loss on the answer tokens (and the end of the turn)
 alone. Writing is unchanged, so the reader reads every ``.gmem`` of its base model.
 
-Held-out stories are the ones ``gradmem eval babi --task QA --seed EVAL_SEED`` draws (the same
-examples, one question each); training stories come from a separate stream (every question a story
-answers), and any that equals a held-out story is dropped.
+Two tasks. ``babi``: held-out stories are the ones ``gradmem eval babi --task QA --seed EVAL_SEED``
+draws (the same examples, one question each); training stories come from a separate stream (every
+question a story answers). ``qa``: passages with questions from a JSONL (``gradmem self-study``
+writes one from your own texts), held out on ``gradmem eval qa``'s set (the shipped SQuAD-mini
+unless ``eval_data`` names another). Either way a training context that shares an 8-word run with
+a held-out one is dropped.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from gradmem_cli.lm.memlm import pad, token_loss
 from gradmem_cli.memory.memfile import MemoryFile
 from gradmem_cli.memory.store import MemoryStore
 from gradmem_cli.tasks import babi, get_task
-from gradmem_cli.tasks.base import Example, Options
+from gradmem_cli.tasks.base import Example, Options, file_source, word_runs
+from gradmem_cli.tasks.qa import load_qa
 from gradmem_cli.training.config import LoopSettings
 from gradmem_cli.processes import StopFlag
 from gradmem_cli.training.runfolder import Run, read_state
@@ -39,6 +43,7 @@ from gradmem_cli.writers.config import WriteConfig
 
 
 INPUTS = ("memory", "context", "none")
+TASKS = ("babi", "qa")
 
 
 @dataclass
@@ -56,16 +61,24 @@ class ReaderTrainConfig(LoopSettings):
     log_every: int = 10
     model: str = "smollm2-135m-instruct"
     """The frozen base model that writes the memories and that the reader adapts."""
+    task: str = "babi"
+    """``babi`` (stories the generator draws, of the ``variants``) or ``qa`` (passages and questions from
+    ``train_data``, held out on ``eval_data``)."""
     variants: list[str] = field(default_factory=lambda: ["qa1"])
     """bAbI tasks to train and evaluate on (qa1..qa5)."""
+    train_data: str = ""
+    """qa: the training JSONL ``{context, question, answers}`` (e.g. from ``gradmem self-study``)."""
+    eval_data: str = ""
+    """qa: the held-out JSONL or SQuAD v1.1 JSON (default: the shipped SQuAD-mini, as ``gradmem eval qa``)."""
     input: str = "memory"
     """What the reader reads before the question: ``memory`` (the story's memory: the reader), or the
     baselines on the same data, ``context`` (the story in the prompt: full context, fine-tuned) and
     ``none`` (the question alone: no context, fine-tuned)."""
     train_stories: int = 200
-    """Training stories per task (each written into one memory; all its questions are used)."""
+    """babi: training stories per task (each written into one memory; all its questions are used)."""
     eval_stories: int = 50
-    """Held-out stories per task: the first N that ``gradmem eval babi`` draws at ``eval_seed``."""
+    """Held-out examples per task: the first N that ``gradmem eval`` draws at ``eval_seed`` (babi: one
+    question per story; qa: the first N questions of the held-out set)."""
     eval_seed: int = 0
     """Seed of the held-out draw (``gradmem eval --seed``)."""
     memories: str = ""
@@ -88,7 +101,11 @@ class ReaderTrainConfig(LoopSettings):
     def validate(self) -> ReaderTrainConfig:
         checks = [
             *self.loop_checks(),
-            (self.variants and all(v in babi.VARIANTS for v in self.variants), "variants must be among qa1..qa5"),
+            (self.task in TASKS, f"task must be one of {', '.join(TASKS)}"),
+            (self.task != "babi" or (self.variants and all(v in babi.VARIANTS for v in self.variants)),
+             "variants must be among qa1..qa5"),
+            (self.task != "qa" or bool(self.train_data), "task qa needs train_data (a JSONL, e.g. from "
+                                                          "gradmem self-study)"),
             (self.input in INPUTS, f"input must be one of {', '.join(INPUTS)}"),
             (self.init in ("tokens", "random", "fitted"), "init must be tokens, random or fitted"),
             (self.train_stories >= 1 and self.eval_stories >= 1, "train_stories and eval_stories must be at least 1"),
@@ -103,26 +120,41 @@ class ReaderTrainConfig(LoopSettings):
 
 @dataclass
 class Row:
-    """One training or held-out item: the story, one question, its answers."""
+    """One training or held-out item: the context, one question, its answers, and the group it is
+    scored in (the bAbI task, or ``qa``)."""
 
     example: Example
-    variant: str
+    group: str
+
+
+def groups(cfg: ReaderTrainConfig) -> list[str]:
+    return list(cfg.variants) if cfg.task == "babi" else ["qa"]
 
 
 def held_out(cfg: ReaderTrainConfig) -> list[Row]:
-    task = get_task("babi")
+    task = get_task(cfg.task)
+    if cfg.task == "qa":
+        data = Path(cfg.eval_data) if cfg.eval_data else None
+        return [Row(ex, "qa") for ex in task.load(data, cfg.eval_stories, cfg.eval_seed).examples]
     return [Row(ex, v) for v in cfg.variants
             for ex in task.load(None, cfg.eval_stories, cfg.eval_seed, Options(variant=v)).examples]
 
 
-def training_rows(cfg: ReaderTrainConfig, exclude: set[str]) -> list[Row]:
-    """Every question of every training story, held-out stories excluded."""
-    rows = []
-    for v in cfg.variants:
-        for i, (context, questions) in enumerate(babi.stories(v, cfg.train_stories, cfg.seed, split="train")):
-            if context not in exclude:
-                rows.extend(Row(Example(f"{v}-train-{i}", context, q, [a]), v) for q, a in questions)
-    return rows
+def training_rows(cfg: ReaderTrainConfig, held: list[Row]) -> tuple[list[Row], int]:
+    """Every question of every training context, and how many contexts were dropped as held out:
+    bAbI stories equal to a held-out one (generated stories share phrases by design), passages that
+    share an 8-word run with a held-out passage."""
+    held_contexts = {r.example.context for r in held}
+    if cfg.task == "qa":
+        rows = [Row(ex, "qa") for ex in load_qa(Path(cfg.train_data))]
+        seen = set().union(*(word_runs(c) for c in held_contexts))
+        leaked = {c for c in {r.example.context for r in rows} if word_runs(c) & seen}
+    else:
+        rows = [Row(Example(f"{v}-train-{i}", context, q, [a]), v) for v in cfg.variants
+                for i, (context, questions) in enumerate(babi.stories(v, cfg.train_stories, cfg.seed, split="train"))
+                for q, a in questions]
+        leaked = {r.example.context for r in rows} & held_contexts
+    return [r for r in rows if r.example.context not in leaked], len(leaked)
 
 
 class ReaderTrainer:
@@ -132,7 +164,7 @@ class ReaderTrainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cfg = cfg
-        self.task = get_task("babi")
+        self.task = get_task(cfg.task)
         self.lm: LoadedModel = load_model(cfg.model, device=cfg.device, quiet=True)
         torch.manual_seed(cfg.seed)
         adapter.attach(self.lm, adapter.ReaderConfig(
@@ -145,7 +177,9 @@ class ReaderTrainer:
         self.store = MemoryStore(cfg.memories or Path(cfg.out) / "memories", self.lm,
                                  WriteConfig(init=cfg.init).resolve(self.lm))
         self.eval_rows = held_out(cfg)
-        self.train_rows = training_rows(cfg, {r.example.context for r in self.eval_rows})
+        self.train_rows, leaked = training_rows(cfg, self.eval_rows)
+        if leaked:
+            self.run.log(f"dropped {leaked} training contexts that share an 8-word run with a held-out one")
         self.meta: dict[str, Any] = {"step": 0, "best": [-1.0, -1.0], "best_step": 0}
         self.memories: dict[str, MemoryFile] = {}
         self.last_eval: dict[str, Any] | None = None
@@ -187,8 +221,8 @@ class ReaderTrainer:
         if (cfg.input == "memory" and missing_eval) or not self.train_rows:
             raise UsageError(f"{len(missing_eval)} held-out and {len(self.train_rows)} usable training memories: "
                              "write them first (cached_only: false)")
-        stories = len({r.example.context for r in self.train_rows})
-        self.run.log(f"input {cfg.input}: training on {len(self.train_rows)} questions about {stories} stories; "
+        contexts = len({r.example.context for r in self.train_rows})
+        self.run.log(f"input {cfg.input}: training on {len(self.train_rows)} questions about {contexts} contexts; "
                      f"held out: {len(self.eval_rows)} questions")
 
     def _context(self, row: Row) -> str | None:
@@ -245,9 +279,10 @@ class ReaderTrainer:
         input (memory, full-context or no-context)."""
         record: dict[str, Any] = {"step": self.meta["step"], "eval": True}
         tick = time.perf_counter()
-        for v in self.cfg.variants:
+        names = groups(self.cfg)
+        for v in names:
             scores = []
-            for r in (r for r in self.eval_rows if r.variant == v):
+            for r in (r for r in self.eval_rows if r.group == v):
                 memfile = self._memory(r)
                 reader = Reader(self.lm, None if memfile is None else memfile.memory)
                 _, sc = self.task.respond(self.lm, reader, r.example, self._context(r), memfile,
@@ -255,8 +290,8 @@ class ReaderTrainer:
                 scores.append(sc)
             for k in ("em", "f1", "contains"):
                 record[f"{v}_{k}"] = mean([s[k] for s in scores])
-        record["em"] = mean([record[f"{v}_em"] for v in self.cfg.variants])
-        record["f1"] = mean([record[f"{v}_f1"] for v in self.cfg.variants])
+        record["em"] = mean([record[f"{v}_em"] for v in names])
+        record["f1"] = mean([record[f"{v}_f1"] for v in names])
         record["seconds"] = time.perf_counter() - tick
         return record
 
@@ -268,12 +303,15 @@ class ReaderTrainer:
         self.run.log("eval " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                         for k, v in record.items() if k != "eval") + (" (best)" if best else ""),
                      record)
-        self.lm.reader.training = {"task": "babi", "input": self.cfg.input, "variants": self.cfg.variants,
-                                   "train_stories":
+        cfg = self.cfg
+        data = ({"variants": cfg.variants, "train_seed": cfg.seed} if cfg.task == "babi" else
+                {"train_data": file_source(Path(cfg.train_data)),
+                 "eval_data": file_source(Path(cfg.eval_data)) if cfg.eval_data else "squad_mini.jsonl"})
+        self.lm.reader.training = {"task": cfg.task, "input": cfg.input, **data, "train_stories":
                                    len({r.example.context for r in self.train_rows}), "train_questions":
-                                   len(self.train_rows), "train_seed": self.cfg.seed, "steps": self.meta["step"],
+                                   len(self.train_rows), "steps": self.meta["step"],
                                    "held_out": {k: v for k, v in record.items() if k not in ("eval", "seconds")},
-                                   "eval_seed": self.cfg.eval_seed, "write": self.store.settings}
+                                   "eval_seed": cfg.eval_seed, "write": self.store.settings}
         self.run.save(lambda folder: adapter.save(self.lm, folder), self.optimizer, dict(self.meta), best)
 
 
