@@ -6,8 +6,8 @@ Answer first, then question (answer-aware question generation, checked by a roun
 1. each text is cut into passages of a few sentences;
 2. candidate answers are spans of the passage that a reader can copy: names (runs of capitalised
    words) and quantities (a number, in digits or words, with the word after it);
-3. the model writes a question whose answer is the span, from the span's sentence and a few worked
-   examples (a question that shares no word with the sentence, or holds its answer, is dropped);
+3. the model turns the span's sentence, with the span blanked out, into a question, after a few
+   worked examples (a question that shares no word with the sentence, or holds its answer, is dropped);
 4. the model then answers its own question with the passage in its prompt, exactly as
    ``gradmem eval qa`` prompts for full context, and the pair is kept only when that answer
    contains the span. This drops questions about something else, which small models write often.
@@ -120,18 +120,18 @@ def answer_spans(passage: str) -> list[str]:
     return [s for s in once if not any(s != t and s in t for t in once)]  # the longest of nested spans
 
 
-# A small model ignores "write a question whose answer is X" over a whole passage (measured: it asks
-# about something else nearly every time), but follows a few worked examples on one sentence. The
-# examples are made up for this prompt.
+# A small model ignores "write a question whose answer is X" (measured: it asks about something else
+# nearly every time), and does better turning a statement with the answer blanked out into a question,
+# after a few worked examples. The examples are made up for this prompt.
 _SHOTS = [
-    ("The stone bridge at Kelby was finished in 1820.", "1820", "When was the stone bridge at Kelby finished?"),
-    ("Its builder, the mason Hugo Brandt, is buried beside it.", "Hugo Brandt",
-     "Which mason built the bridge and is buried beside it?"),
-    ("Crossing the bridge by car costs three euros.", "three euros", "How much does it cost to cross the bridge by car?"),
-    ("The bridge links the village of Orly to the market town.", "Orly", "Which village does the bridge link to the "
-                                                                          "market town?"),
+    ("The stone bridge at Kelby was finished in ___.", "When was the stone bridge at Kelby finished?"),
+    ("Its builder, the mason ___, is buried beside it.", "Which mason built the bridge and is buried beside it?"),
+    ("Crossing the bridge by car costs ___.", "How much does it cost to cross the bridge by car?"),
+    ("The bridge links the village of ___ to the market town.", "Which village does the bridge link to the market "
+                                                                 "town?"),
+    ("The toll keeper has worked on the bridge for ___.", "How long has the toll keeper worked on the bridge?"),
 ]
-_FEW_SHOT = "".join(f"Sentence: {s}\nAnswer: {a}\nQuestion: {q}\n\n" for s, a, q in _SHOTS)
+_FEW_SHOT = "".join(f"Statement: {s}\nQuestion: {q}\n\n" for s, q in _SHOTS)
 _STOP = set("what which who whom whose when where why how is are was were do does did the a an of in on at to for "
             "by with and or name this that it its".split())
 
@@ -177,8 +177,9 @@ def study(lm: LoadedModel, docs: list[Document], cfg: SelfStudyConfig,
             random.Random(f"self-study:{cfg.seed}:{doc.sha256}:{p}").shuffle(spans)
             for span in spans[: cfg.per_passage]:
                 sentence = next(s for s in sentences(passage) if span in s)
-                written = reader.answer(f"{_FEW_SHOT}Sentence: {sentence}\nAnswer: {span}\nQuestion:",
-                                        max_new_tokens=40, template=False).text
+                blanked = sentence.replace(span, "___", 1)
+                written = reader.answer(f"{_FEW_SHOT}Statement: {blanked}\nQuestion:", max_new_tokens=40,
+                                        template=False).text
                 question = _question(written, span, sentence)
                 reply = None
                 if question is not None and cfg.check:
