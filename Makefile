@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.setup-done
 DEMO   := out/demo
 READERS := samples/readers
 QUESTION := Where is Mary? Answer with one word.
+LQUESTION := Where does Mira keep the old lighthouse? Answer with a short phrase.
 
 .PHONY: setup setup-qwen demo test clean
 
@@ -29,6 +30,10 @@ demo: setup
 	$(BIN)/gradmem write samples/lighthouse.txt -o $(DEMO)/lighthouse.gmem --force
 	$(BIN)/gradmem inspect $(DEMO)/lighthouse.gmem
 	$(BIN)/gradmem inspect $(DEMO)/lighthouse.gmem --reconstruct --against samples/lighthouse.txt
+	@echo "--- $(LQUESTION) (samples/lighthouse.txt; the answer is: Gull Point)"
+	@printf "%-42s" "memory, frozen model:"; $(BIN)/gradmem ask $(DEMO)/lighthouse.gmem "$(LQUESTION)" --max-new-tokens 16
+	@printf "%-42s" "text rebuilt from memory, frozen model:"; $(BIN)/gradmem ask $(DEMO)/lighthouse.gmem "$(LQUESTION)" --via text --max-new-tokens 16
+	@printf "%-42s" "text rebuilt, self-study reader:"; $(BIN)/gradmem ask $(DEMO)/lighthouse.gmem "$(LQUESTION)" --via text --reader $(READERS)/smollm2-selfstudy --max-new-tokens 8
 	# --init tokens: the shipped memory reader was trained on memories written from the token start
 	$(BIN)/gradmem write samples/story.txt -o $(DEMO)/story.gmem --force --init tokens
 	@echo "--- Where is Mary? (samples/story.txt; the answer is: office)"

@@ -136,3 +136,20 @@ def test_the_python_api_studies_like_the_cli(monkeypatch):
     monkeypatch.setattr(selfstudy, "Reader", _Scripted)
     records = Gradmem(None).self_study([FERRY], per_passage=20, min_words=5)
     assert [(r["question"], r["answers"]) for r in records] == [(_Scripted.question, ["fifty minutes"])]
+
+
+def test_shipped_readers_record_what_they_were_trained_on():
+    """Every shipped reader loads, and a qa reader's training data is the file in the repository."""
+    import hashlib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    folders = sorted(p for p in (root / "samples" / "readers").iterdir() if p.is_dir())
+    assert any(adapter.read_config(f).training["task"] == "qa" for f in folders)
+    for folder in folders:
+        training = adapter.read_config(folder).training
+        assert training["input"] in ("memory", "context", "none") and training["steps"] >= 1
+        if training["task"] == "qa":
+            data = root / training["train_data"]["data"]
+            assert hashlib.sha256(data.read_bytes()).hexdigest() == training["train_data"]["sha256"]
+            assert training["train_questions"] == len(data.read_text().splitlines())
