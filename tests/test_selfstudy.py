@@ -74,6 +74,8 @@ def test_self_study_cli_refuses_bad_input_before_loading(run, tmp_path):
     result = run("self-study", tmp_path / "tiny.txt", "-o", tmp_path / "qa.jsonl", "-m", "/nonexistent")
     assert result.code == 1 and "no passage" in result.err and not (tmp_path / "qa.jsonl").exists()
     assert run("self-study", text, "-o", tmp_path / "qa.jsonl", "--per-passage", "0").code == 2
+    result = run("self-study", text, "-o", text, "-m", "/nonexistent")
+    assert result.code == 1 and "is an input" in result.err and text.read_text() == FERRY
 
 
 def test_self_study_cli_writes_jsonl_on_a_model(run, tiny_chat_model, tmp_path):

@@ -403,6 +403,8 @@ def self_study(
     run: RunOptions = None,
 ) -> None:
     """Questions and answers the model writes about your texts, to train a reader on (train-reader, task: qa)."""
+    import os
+
     from gradmem_cli.cli.progress import console, make_progress
     from gradmem_cli.lm.loading import load_model
     from gradmem_cli.memory.documents import read_inputs
@@ -411,6 +413,8 @@ def self_study(
     if not output.parent.is_dir():  # before the model loads and the questions are written
         raise GradmemError(f"cannot write {output}: folder {output.parent} does not exist")
     docs = read_inputs(inputs)
+    if output.exists() and any(d.path is not None and os.path.samefile(output, d.path) for d in docs):
+        raise GradmemError(f"refusing to write {output}: it is an input and would be lost")
     total = candidates(docs, study)
     if not total:
         raise GradmemError(f"no passage of {study.min_words}+ words with a name or quantity to ask about in the input")
