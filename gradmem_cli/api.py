@@ -151,10 +151,11 @@ class Gradmem:
         """Questions and answers this model writes about ``texts`` (``gradmem self-study``; ``study``
         takes :class:`SelfStudyConfig` fields): ``{id, context, question, answers, source}`` records,
         the JSONL a reader trains on with ``train-reader``'s ``task: qa``."""
-        from gradmem_cli.training.selfstudy import SelfStudyConfig, study as run_study
+        from gradmem_cli.training.selfstudy import SelfStudyConfig, candidates, study as run_study
 
+        cfg = SelfStudyConfig(**study).validate()
         docs = [Document.from_text(f"text{i}", t) for i, t in enumerate(texts)]
-        return list(run_study(self.lm, docs, SelfStudyConfig(**study).validate()))
+        return list(run_study(self.lm, candidates(docs, cfg), cfg))
 
     def reconstruct(self, memory: Memory) -> str:
         """The text as the frozen model regenerates it from the memory alone."""

@@ -7,7 +7,7 @@ import pytest
 from gradmem_cli.lm import adapter
 from gradmem_cli.memory.documents import Document
 from gradmem_cli.training import selfstudy
-from gradmem_cli.training.selfstudy import SelfStudyConfig, answer_spans, passages, study
+from gradmem_cli.training.selfstudy import SelfStudyConfig, answer_spans, candidates, passages, study
 
 FERRY = ("The ferry Tern leaves the island of Brack at six every morning. Its captain, Ida Moll, has run the crossing "
          "for eleven years. The trip to the port of Sallow takes fifty minutes.")
@@ -48,12 +48,14 @@ def test_study_keeps_what_the_round_trip_confirms(monkeypatch):
     monkeypatch.setattr(selfstudy, "Reader", _Scripted)
     doc = Document.from_text("ferry.txt", FERRY)
     seen = []
-    records = list(study(None, [doc], SelfStudyConfig(per_passage=20, min_words=5), seen.append))
+    cfg = SelfStudyConfig(per_passage=20, min_words=5)
+    records = list(study(None, candidates([doc], cfg), cfg, seen.append))
     assert len(seen) == len(answer_spans(FERRY))
     # only "fifty minutes" is in the reply; the question shares words with its sentence only there
     assert [r["answers"] for r in records] == [["fifty minutes"]]
     assert records[0]["context"] == FERRY and records[0]["question"] == _Scripted.question
-    unchecked = list(study(None, [doc], SelfStudyConfig(per_passage=20, min_words=5, check=False)))
+    cfg = SelfStudyConfig(per_passage=20, min_words=5, check=False)
+    unchecked = list(study(None, candidates([doc], cfg), cfg))
     assert len(unchecked) > 1 and all(r["question"] == _Scripted.question for r in unchecked)
 
 

@@ -415,28 +415,28 @@ def self_study(
     docs = read_inputs(inputs)
     if output.exists() and any(d.path is not None and os.path.samefile(output, d.path) for d in docs):
         raise GradmemError(f"refusing to write {output}: it is an input and would be lost")
-    total = candidates(docs, study)
-    if not total:
+    tried = candidates(docs, study)
+    if not tried:
         raise GradmemError(f"no passage of {study.min_words}+ words with a name or quantity to ask about in the input")
     lm = load_model(model, device=run.device, dtype=run.dtype, quiet=run.quiet)
-    tried = kept = 0
+    done = kept = 0
     with make_progress(run.quiet) as progress:
-        bar = progress.add_task("writing questions", total=total, status="")
+        bar = progress.add_task("writing questions", total=len(tried), status="")
 
         def on_candidate(candidate) -> None:
-            nonlocal tried, kept
-            tried, kept = tried + 1, kept + candidate.kept
+            nonlocal done, kept
+            done, kept = done + 1, kept + candidate.kept
             progress.update(bar, advance=1, status=f"kept {kept}")
-            if not run.quiet and not console.is_terminal and (tried % 25 == 0 or tried == total):
-                console.print(f"{tried}/{total} candidate answers: {kept} questions kept", highlight=False)
+            if not run.quiet and not console.is_terminal and (done % 25 == 0 or done == len(tried)):
+                console.print(f"{done}/{len(tried)} candidate answers: {kept} questions kept", highlight=False)
 
-        records = list(run_study(lm, docs, study, on_candidate))
+        records = list(run_study(lm, tried, study, on_candidate))
     write_json_lines(output, records)
     if run.json:
-        emit_json({"output": str(output), "questions": len(records), "candidates": tried,
+        emit_json({"output": str(output), "questions": len(records), "candidates": len(tried),
                    "passages": len({r["context"] for r in records}), "texts": len(docs)})
     elif not run.quiet:
-        console.print(f"{output}: {len(records)} questions kept of {tried} candidate answers in {len(docs)} texts")
+        console.print(f"{output}: {len(records)} questions kept of {len(tried)} candidate answers in {len(docs)} texts")
 
 
 @app.command()

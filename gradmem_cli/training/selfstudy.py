@@ -159,35 +159,36 @@ class Studied:
     kept: bool
 
 
-def candidates(docs: list[Document], cfg: SelfStudyConfig) -> int:
-    """How many candidate answers :func:`study` will try on ``docs``."""
-    return sum(min(cfg.per_passage, len(answer_spans(p)))
-               for doc in docs for p in passages(doc.text, cfg.min_words, cfg.max_words))
-
-
-def study(lm: LoadedModel, docs: list[Document], cfg: SelfStudyConfig,
-          on_candidate: Callable[[Studied], None] | None = None) -> Iterator[dict[str, Any]]:
-    """Yield ``{id, context, question, answers, source}`` records (the ``qa`` task's JSONL) for
-    ``docs``; ``on_candidate`` sees every candidate, kept or not."""
-    qa = get_task("qa")
-    reader = Reader(lm, None)
+def candidates(docs: list[Document], cfg: SelfStudyConfig) -> list[tuple[Document, int, str, str, str]]:
+    """The candidate answers :func:`study` tries, in order: (text, passage number, passage, the span's
+    sentence, span), at most ``per_passage`` per passage, picked by ``seed``."""
+    out = []
     for doc in docs:
         for p, passage in enumerate(passages(doc.text, cfg.min_words, cfg.max_words)):
             spans = answer_spans(passage)
             random.Random(f"self-study:{cfg.seed}:{doc.sha256}:{p}").shuffle(spans)
-            for span in spans[: cfg.per_passage]:
-                sentence = next(s for s in sentences(passage) if span in s)
-                blanked = sentence.replace(span, "___", 1)
-                written = reader.answer(f"{_FEW_SHOT}Statement: {blanked}\nQuestion:", max_new_tokens=40,
-                                        template=False).text
-                question = _question(written, span, sentence)
-                reply = None
-                if question is not None and cfg.check:
-                    ex = Example("", passage, question, [span])
-                    reply = reader.answer(qa.user_text(ex, passage), max_new_tokens=qa.max_new_tokens).text
-                kept = question is not None and (not cfg.check or bool(contains(reply or "", [span])))
-                if on_candidate:
-                    on_candidate(Studied(passage, span, question, reply, kept))
-                if kept:
-                    yield {"id": f"{doc.stem}-p{p}-{normalize_answer(span).replace(' ', '_')}", "context": passage,
-                           "question": question, "answers": [span], "source": doc.name}
+            out.extend((doc, p, passage, next(s for s in sentences(passage) if span in s), span)
+                       for span in spans[: cfg.per_passage])
+    return out
+
+
+def study(lm: LoadedModel, tried: list[tuple[Document, int, str, str, str]], cfg: SelfStudyConfig,
+          on_candidate: Callable[[Studied], None] | None = None) -> Iterator[dict[str, Any]]:
+    """Yield ``{id, context, question, answers, source}`` records (the ``qa`` task's JSONL) for the
+    :func:`candidates` ``tried``; ``on_candidate`` sees every candidate, kept or not."""
+    qa = get_task("qa")
+    reader = Reader(lm, None)
+    for doc, p, passage, sentence, span in tried:
+        blanked = sentence.replace(span, "___", 1)
+        written = reader.answer(f"{_FEW_SHOT}Statement: {blanked}\nQuestion:", max_new_tokens=40, template=False).text
+        question = _question(written, span, sentence)
+        reply = None
+        if question is not None and cfg.check:
+            reply = reader.answer(qa.user_text(Example("", passage, question, [span]), passage),
+                                  max_new_tokens=qa.max_new_tokens).text
+        kept = question is not None and (not cfg.check or bool(contains(reply or "", [span])))
+        if on_candidate:
+            on_candidate(Studied(passage, span, question, reply, kept))
+        if kept:
+            yield {"id": f"{doc.stem}-p{p}-{normalize_answer(span).replace(' ', '_')}", "context": passage,
+                   "question": question, "answers": [span], "source": doc.name}
