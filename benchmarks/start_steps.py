@@ -1,12 +1,18 @@
-"""Steps to an exact rebuild from the token start against a fitted start, on passages the start never saw.
+"""Steps to an exact rebuild under several write settings side by side, on passages no start saw.
 
 Each held-out passage (samples/paragraphs and the SQuAD-mini contexts: about 80-120 tokens, so two
-64-token segments) is written with gradmem's default settings twice in the same run: once from the
-token start (``--init tokens``) and once from a start file (``--init fitted --start FILE``). A
-passage's steps are summed over its segments; a write counts when greedy decoding from the memory
-alone rebuilds the passage exactly. Prints per-passage rows, the medians and the ratio.
+64-token segments) is written once per *arm* in the same run. An arm is a name and the write settings
+it changes (``gradmem write`` options as ``key=value``); without ``--arm`` the arms are
 
-    .venv/bin/python benchmarks/start_steps.py --start FILE [--device cpu] [--limit N] [--batch-tokens 2048]
+- ``before``: the token start with one cosine decay over 400 steps (the defaults before the fitted
+  start and the cycles: ``init=tokens cycle=0 warmup=0.1``);
+- ``tokens``: the token start with today's schedule (``init=tokens``);
+- ``fitted``: ``--start FILE`` (default: the start gradmem ships) with today's schedule.
+
+A passage's steps are summed over its segments; a write counts when greedy decoding from the memory
+alone rebuilds the passage exactly. Prints per-passage rows, the medians and each arm's ratio to the first.
+
+    .venv/bin/python benchmarks/start_steps.py [--start FILE] [--arm NAME KEY=VALUE ...]... [--limit N]
 """
 
 from __future__ import annotations
@@ -53,34 +59,53 @@ def write_all(lm, passages: list[tuple[str, str]], cfg: WriteConfig) -> tuple[di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--start", type=Path, required=True, help="a start file (gradmem fit-start)")
+    parser.add_argument("--start", type=Path, default=None,
+                        help="the start file of the default 'fitted' arm (default: the start gradmem ships)")
+    parser.add_argument("--arm", nargs="+", action="append", metavar=("NAME", "KEY=VALUE"),
+                        help="an arm: its name, then the write settings it changes (repeat for more arms)")
     parser.add_argument("--model", default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--limit", type=int, default=None, help="the first N passages only")
     parser.add_argument("--batch-tokens", type=int, default=2048)
     parser.add_argument("--fitted-on", type=Path, nargs="*", default=[ROOT / "samples" / "start-texts", TUNING],
-                        help="the folders the start was fitted on (checked for overlap with the passages)")
+                        help="the folders the starts were fitted on (checked for overlap with the passages)")
     args = parser.parse_args()
+    fitted = ["init=fitted"] + ([f"start={args.start}"] if args.start else [])
+    arms = {name: dict(arm(kv) for kv in settings) for name, *settings in
+            args.arm or [["before", "init=tokens", "cycle=0", "warmup=0.1"], ["tokens", "init=tokens"],
+                         ["fitted", *fitted]]}
     lm = load_model(args.model, device=args.device, quiet=True)
     passages = held_out()[:args.limit]
     runs = {}
-    for name, cfg in (("tokens", WriteConfig(init="tokens", batch_tokens=args.batch_tokens)),
-                      ("fitted", WriteConfig(init="fitted", start=str(args.start), batch_tokens=args.batch_tokens))):
-        runs[name] = write_all(lm, passages, cfg)
+    for name, settings in arms.items():
+        runs[name] = write_all(lm, passages, WriteConfig(**{"batch_tokens": args.batch_tokens, **settings}))
         log(f"{name}: {runs[name][1]:.1f} s")
     for passage, _ in passages:
         log(json.dumps({"passage": passage, **{k: runs[k][0][passage] for k in runs}}))
-    print(f"model {lm.spec} on {lm.model.device}, default settings (64-token segments, 8 vectors), "
-          f"{len(passages)} held-out passages, start {args.start.name}; 8-word runs they share with the texts "
-          f"it was fitted on: {shared_runs(passages, args.fitted_on)}")
-    print("| start | steps per passage, summed over segments: median (range) | rebuilt exactly | seconds, batched |")
-    print("|---|---|---|---|")
+    print(f"model {lm.spec} on {lm.model.device}, 64-token segments, 8 vectors, {len(passages)} held-out passages; "
+          f"8-word runs they share with the texts the starts were fitted on: {shared_runs(passages, args.fitted_on)}")
+    print("| arm | settings | steps per passage, summed over segments: median (range) | rebuilt exactly | "
+          "seconds, batched |")
+    print("|---|---|---|---|---|")
     for name, (rows, seconds) in runs.items():
         steps = [r["steps"] for r in rows.values()]
         exact = sum(r["exact"] for r in rows.values())
-        print(f"| {name} | {spread(steps)} | {exact}/{len(rows)} | {seconds:.1f} |")
-    ratios = [runs["tokens"][0][p]["steps"] / max(1, runs["fitted"][0][p]["steps"]) for p, _ in passages]
-    print(f"tokens / fitted steps per passage: {spread(ratios)}")
+        shown = " ".join(f"{k}={v}" for k, v in arms[name].items()) or "defaults"
+        print(f"| {name} | {shown} | {spread(steps)} | {exact}/{len(rows)} | {seconds:.1f} |")
+    first = next(iter(runs))
+    for name in list(runs)[1:]:
+        ratios = [runs[first][0][p]["steps"] / max(1, runs[name][0][p]["steps"]) for p, _ in passages]
+        print(f"{first} / {name} steps per passage: {spread(ratios)}")
+
+
+def arm(setting: str) -> tuple[str, object]:
+    """``key=value`` as a WriteConfig field and its value (numbers as numbers)."""
+    import yaml
+
+    key, sep, value = setting.partition("=")
+    if not sep or key not in WriteConfig.__dataclass_fields__:
+        raise SystemExit(f"--arm: expected KEY=VALUE with a gradmem write setting, got {setting!r}")
+    return key, yaml.safe_load(value) if key != "start" else value
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def test_a_start_of_another_model_or_size_is_refused(run, fitted, other_tiny_mod
     assert not list(tmp_path.glob("*.gmem"))
 
 
-@pytest.mark.parametrize("damage", ["truncated", "nan", "shapes", "names", "not-json"])
+@pytest.mark.parametrize("damage", ["truncated", "nan", "shapes", "positions", "names", "not-json"])
 def test_damaged_start_files_are_one_line_errors(fitted, tmp_path, damage):
     from safetensors.torch import load_file, save_file
     from safetensors import safe_open
@@ -101,6 +101,8 @@ def test_damaged_start_files_are_one_line_errors(fitted, tmp_path, damage):
             tensors["bias"][0, 0] = float("nan")
         elif damage == "shapes":
             tensors["scale"] = torch.ones(3)
+        elif damage == "positions":
+            tensors["positions"] = torch.ones(3, 4)
         elif damage == "names":
             tensors["extra"] = torch.ones(1)
         else:
@@ -142,12 +144,14 @@ def test_settings_without_a_start_match_older_files(tiny_model):
 
 def test_save_and_read_round_trip(tiny_model, tmp_path):
     lm = load_model(tiny_model, device="cpu")
-    start = Start(8, lm.hidden_size)
+    start = Start(8, lm.hidden_size, 16)
     with torch.no_grad():
         start.bias.normal_()
+        start.positions.normal_()
     save_start(tmp_path / "s.safetensors", start, lm, {"texts": 1})
     back = read_start(tmp_path / "s.safetensors")
-    assert torch.equal(back.bias, start.bias) and json.loads(back.meta["fitted"]) == {"texts": 1}
+    assert torch.equal(back.bias, start.bias) and torch.equal(back.positions, start.positions)
+    assert json.loads(back.meta["fitted"]) == {"texts": 1}
     with pytest.raises(UsageError):
         starts.load_start(tmp_path / "s.safetensors", lm, 4)
 
@@ -179,3 +183,36 @@ def test_the_python_api_fits_and_writes_from_a_start(tiny_model, tmp_path):
     assert memory.header.write["start"] == read_start(path).digest
     with pytest.raises(GradmemError, match="--force"):
         model.fit_start(["text"], path, outer_steps=1)
+
+
+def test_positions_blend_the_segments_tokens_into_each_slot(tiny_model):
+    """M0[j] gains sum_i positions[j, i] E[t_i] over the segment's first P tokens (P = 4 here)."""
+    lm = load_model(tiny_model, device="cpu")
+    ids = lm.tokenize(TEXT)[:10]
+    start = Start(8, lm.hidden_size, 4)
+    with torch.no_grad():
+        start.positions[2, 3] = 0.5
+        start.positions[5, 0] = -1.0
+    embed = lm.model.get_input_embeddings().weight.detach()
+    moved = start(lm, [ids]) - Start(8, lm.hidden_size)(lm, [ids])
+    torch.testing.assert_close(moved[0, 2], 0.5 * embed[ids[3]])
+    torch.testing.assert_close(moved[0, 5], -embed[ids[0]])
+    assert moved[0, [0, 1, 3, 4, 6, 7]].abs().max() == 0
+    assert start(lm, [ids[:2]]).shape == (1, 8, lm.hidden_size)  # a segment shorter than P uses what it has
+
+
+def test_a_format_1_0_start_reads_as_one_without_positions(tiny_model, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    lm = load_model(tiny_model, device="cpu")
+    old = Start(8, lm.hidden_size)
+    save_start(tmp_path / "s.safetensors", old, lm, {"texts": 1})
+    with safe_open(str(tmp_path / "s.safetensors"), framework="pt") as fh:
+        meta = {**fh.metadata(), "format_version": "1.0"}
+        tensors = {name: fh.get_tensor(name) for name in fh.keys() if name != "positions"}
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
+    back = read_start(tmp_path / "old.safetensors")
+    assert tuple(back.positions.shape) == (8, 0)
+    ids = lm.tokenize(TEXT)[:10]
+    assert torch.equal(back(lm, [ids]), old(lm, [ids]))

@@ -104,3 +104,13 @@ def test_cosine_schedule():
     assert cfg.lr_at(0) < cfg.lr_at(9) == 0.1
     assert abs(cfg.lr_at(55) - 0.05) < 1e-9 and cfg.lr_at(100) == 0.0
     assert ResolvedWrite(schedule="constant", lr=0.1, steps=100).lr_at(77) == 0.1
+
+
+def test_cosine_cycles_restart_until_the_steps_run_out():
+    cfg = ResolvedWrite(lr=0.1, steps=300, warmup=0.1, schedule="cosine", cycle=100)
+    assert [cfg.lr_at(s) for s in (0, 9, 99)] == [cfg.lr_at(s) for s in (100, 109, 199)]
+    assert cfg.lr_at(9) == 0.1 and cfg.lr_at(99) < 1e-4 and cfg.lr_at(100) == cfg.lr_at(0) < 0.1
+    # --cycle 0, or a cycle longer than --steps: one decay over --steps, as without cycles
+    for cycle in (0, 500):
+        one = ResolvedWrite(lr=0.1, steps=300, warmup=0.1, schedule="cosine", cycle=cycle)
+        assert one.lr_at(29) == 0.1 and abs(one.lr_at(165) - 0.05) < 1e-9 and one.lr_at(299) < 1e-4

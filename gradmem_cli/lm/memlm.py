@@ -63,9 +63,12 @@ def token_stats(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor)
     return loss, acc, margin
 
 
-def lr_at(step: int, peak: float, total: int, warmup: int = 0, schedule: str = "constant") -> float:
+def lr_at(step: int, peak: float, total: int, warmup: int = 0, schedule: str = "constant", cycle: int = 0) -> float:
     """The learning rate at ``step``: linear warm-up over ``warmup`` steps, then ``constant`` or
-    ``cosine`` decay to 0 at ``total``."""
+    ``cosine`` decay to 0 at ``total``; ``cycle`` > 0 starts warm-up and decay again every ``cycle``
+    steps (warm restarts), ``total`` being then the cycle's length."""
+    if cycle:
+        step, total = step % cycle, cycle
     if step < warmup:
         return peak * (step + 1) / warmup
     if schedule == "constant":

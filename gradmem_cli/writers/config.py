@@ -48,7 +48,13 @@ class WriteConfig:
     schedule: str | None = field(default=None, metadata={
         "help": "cosine: linear warm-up, then cosine decay to 0 at --steps; constant: --lr throughout "
                 "(default: cosine; constant for a trained writer)."})
-    warmup: float = field(default=0.1, metadata={"help": "Warm-up length as a fraction of --steps (cosine only)."})
+    cycle: int | None = field(default=None, metadata={
+        "help": "Cosine only: the rate warms up and decays to 0 over this many steps, then starts again from the "
+                "peak (warm restarts) until the stopping test passes or --steps run out; 0 = one decay over --steps. "
+                "A short decay settles most segments sooner; the restarts keep hard ones going "
+                "(default: 150)."})
+    warmup: float = field(default=0.03, metadata={
+        "help": "Warm-up length as a fraction of a cycle (of --steps with --cycle 0; cosine only)."})
     init: str | None = field(default=None, metadata={
         "help": "Initial memory: tokens = the embeddings of the segment's first m tokens (cycled if shorter); "
                 "random = Gaussian noise with the std of the embedding matrix (Cramming); fitted = a start fitted "
@@ -86,6 +92,7 @@ class WriteConfig:
             (self.optimizer in (None, *OPTIMIZERS, "forward"), "--optimizer must be adam or sgd"),
             (all(0 <= b < 1 for b in self.betas), "Adam betas must be in [0, 1)"),
             (self.schedule in (None, *SCHEDULES), "--schedule must be cosine or constant"),
+            (self.cycle is None or self.cycle >= 0, "--cycle must be 0 or more"),
             (0 <= self.warmup < 1, "--warmup must be in [0, 1)"),
             (self.init in (None, *INITS), "--init must be tokens, random, fitted or learned"),
             (self.start is None or self.init in (None, "fitted"), "--start goes with --init fitted"),
@@ -104,11 +111,14 @@ class WriteConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as a ``.gmem`` records them. ``start`` appears only when a start was used, so
-        files and stores written before starts existed still match their settings."""
+        """The settings as a ``.gmem`` records them. ``start`` appears only when a start was used and
+        ``cycle`` only when the schedule restarts, so files and stores written before either existed still
+        match the settings they were written with."""
         values = asdict(self)
         if values["start"] is None:
             del values["start"]
+        if not values["cycle"]:
+            del values["cycle"]
         return values
 
     def resolve(self, lm: LoadedModel) -> ResolvedWrite:
@@ -119,7 +129,7 @@ class WriteConfig:
         init = self.init or ("learned" if writer is not None else "tokens")
         if init != "learned":
             plain = {"mem_tokens": 8, "segment_tokens": 64, "steps": OBJECTIVES[self.objective].default_steps,
-                     "lr": 0.05, "optimizer": "adam", "schedule": "cosine"}
+                     "lr": 0.05, "optimizer": "adam", "schedule": "cosine", "cycle": 150}
             values = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in plain.items()}
             if values["optimizer"] == "forward":
                 raise UsageError("--optimizer forward is the rule of an RMT writer (--init learned)")
@@ -148,7 +158,7 @@ class WriteConfig:
         if self.start is not None:
             raise UsageError("--start: a trained writer starts from its own M0")
         return ResolvedWrite(**{
-            **asdict(self), "init": init, "mem_tokens": m, "optimizer": rule, "schedule": "constant",
+            **asdict(self), "init": init, "mem_tokens": m, "optimizer": rule, "schedule": "constant", "cycle": 0,
             "segment_tokens": self.segment_tokens or max(1, room),
             "steps": writer.cfg.steps if self.steps is None else self.steps,
             "lr": writer.cfg.inner_lr if self.lr is None else self.lr,
@@ -189,7 +199,10 @@ class ResolvedWrite(WriteConfig):
         return self
 
     def lr_at(self, step: int) -> float:
-        """The learning rate of optimisation step ``step`` (the warm-up applies to cosine only)."""
-        warmup = max(1, round(self.warmup * self.steps)) if self.schedule == "cosine" and self.steps else 0
-        return lr_at(step, self.lr, self.steps, warmup, self.schedule)
+        """The learning rate of optimisation step ``step`` (warm-up and cycles apply to cosine only)."""
+        if self.schedule != "cosine" or not self.steps:
+            return lr_at(step, self.lr, self.steps, 0, self.schedule)
+        cycle = self.cycle if self.cycle and self.cycle < self.steps else 0
+        warmup = max(1, round(self.warmup * (cycle or self.steps)))
+        return lr_at(step, self.lr, self.steps, warmup, self.schedule, cycle)
 

@@ -66,7 +66,7 @@ def fit_start(lm: LoadedModel, segments: list[list[int]], write: ResolvedWrite, 
     if not segments:
         raise GradmemError("no text to fit a start on")
     device = lm.model.get_input_embeddings().weight.device
-    start = Start(write.mem_tokens, lm.hidden_size).to(device)
+    start = Start(write.mem_tokens, lm.hidden_size, write.segment_tokens).to(device)
     inner = dataclasses.replace(write, init="fitted", steps=cfg.inner_steps)
     writer = OptimizerWriter(inner, start)
     optimizer = torch.optim.Adam(start.parameters(), lr=cfg.outer_lr)

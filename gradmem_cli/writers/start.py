@@ -3,15 +3,17 @@
 The token start (``--init tokens``) begins each segment's memory at the embeddings of its first m
 tokens. A *start* generalises it slot by slot::
 
-    M0[j] = scale[j] * E[t_j] + mix[j] * mean_i E[t_i] + bias[j]        (t cycled when shorter than m)
+    M0[j] = scale[j] * E[t_j] + mix[j] * mean_i E[t_i] + sum_i positions[j, i] * E[t_i] + bias[j]
 
-which is the token start at ``scale = 1, mix = 0, bias = 0``. Its parameters are fitted on many texts
+(t cycled when shorter than m in the first term; the sum runs over the segment's first P positions)
+which is the token start at ``scale = 1, mix = 0, positions = 0, bias = 0``. ``positions`` lets a slot
+begin as a weighted blend of the tokens it will have to hold, not only the one token at its own place. Its parameters are fitted on many texts
 with Reptile (:mod:`writers.fitting`). A start
 belongs to one model: its file records the model's fingerprint, and a write uses it only for a
 model with that fingerprint and that m.
 
-On disk a start is a safetensors file: tensors ``scale`` [m], ``mix`` [m], ``bias`` [m, d] and
-string metadata (format, the model's id and fingerprint, how it was fitted). Loading it never runs
+On disk a start is a safetensors file: tensors ``scale`` [m], ``mix`` [m], ``bias`` [m, d],
+``positions`` [m, P] (format 1.1; a 1.0 file has none, which reads as P = 0) and string metadata (format, the model's id and fingerprint, how it was fitted). Loading it never runs
 code; every defect is a one-line error.
 """
 
@@ -34,17 +36,19 @@ if TYPE_CHECKING:
     from gradmem_cli.lm.loading import LoadedModel
 
 START_FORMAT = "gradmem.start"
-START_FORMAT_VERSION = "1.0"
-TENSORS = ("bias", "mix", "scale")
+START_FORMAT_VERSION = "1.1"
+TENSORS = ("bias", "mix", "scale")  # every start has these
+OPTIONAL = ("positions",)  # since 1.1
 
 
 class Start(torch.nn.Module):
     """The start's parameters, and M0 for a batch of segments."""
 
-    def __init__(self, mem_tokens: int, hidden: int):
+    def __init__(self, mem_tokens: int, hidden: int, positions: int = 0):
         super().__init__()
         self.scale = torch.nn.Parameter(torch.ones(mem_tokens))
         self.mix = torch.nn.Parameter(torch.zeros(mem_tokens))
+        self.positions = torch.nn.Parameter(torch.zeros(mem_tokens, positions))
         self.bias = torch.nn.Parameter(torch.zeros(mem_tokens, hidden))
         self.meta: dict[str, str] = {}
         self.digest = ""  # "sha256:<16 hex>" of the file it was loaded from; what a .gmem records
@@ -58,9 +62,11 @@ class Start(torch.nn.Module):
         weight = lm.model.get_input_embeddings().weight.detach()
         m = self.mem_tokens
         first = torch.tensor([[ids[i % len(ids)] for i in range(m)] for ids in segments], device=weight.device)
-        mean = torch.stack([weight[torch.tensor(ids, device=weight.device)].float().mean(0) for ids in segments])
+        embedded = [weight[torch.tensor(ids, device=weight.device)].float() for ids in segments]
+        mean = torch.stack([e.mean(0) for e in embedded])
+        blend = torch.stack([self.positions[:, :len(e)] @ e[:self.positions.shape[1]] for e in embedded])
         return (self.scale[None, :, None] * weight[first].float() + self.mix[None, :, None] * mean[:, None, :]
-                + self.bias[None])
+                + blend + self.bias[None])
 
 
 def _metadata(lm: LoadedModel, fitted: dict[str, Any]) -> dict[str, str]:
@@ -91,7 +97,8 @@ def save_start(path: Path, start: Start, lm: LoadedModel, fitted: dict[str, Any]
     """Write a start file atomically (``expected``: see :func:`fileio.atomic_write_bytes`)."""
     from safetensors.torch import save
 
-    tensors = {name: getattr(start, name).detach().to("cpu", torch.float32).contiguous() for name in TENSORS}
+    tensors = {name: getattr(start, name).detach().to("cpu", torch.float32).contiguous()
+               for name in TENSORS + OPTIONAL}
     try:
         atomic_write_bytes(Path(path), save(tensors, metadata=_metadata(lm, fitted)), expected)
     except OSError as exc:
@@ -108,16 +115,21 @@ def read_start(path: Path | str) -> Start:
         if str(meta.get("format_version", "")).split(".")[0] != START_FORMAT_VERSION.split(".")[0]:
             raise GradmemError(f"{path}: start format {meta.get('format_version')} is not supported "
                                "by this gradmem")
-        if sorted(fh.keys()) != sorted(TENSORS):
-            raise GradmemError(f"{path}: corrupt start file (expected tensors {', '.join(TENSORS)})")
-        tensors = {name: fh.get_tensor(name).float() for name in TENSORS}
+        names = set(fh.keys())
+        if not set(TENSORS) <= names <= set(TENSORS + OPTIONAL):
+            raise GradmemError(f"{path}: corrupt start file (expected tensors {', '.join(TENSORS + OPTIONAL)})")
+        tensors = {name: fh.get_tensor(name).float() for name in sorted(names)}
         json.loads(meta["model_fingerprint"])
     bias = tensors["bias"]
-    if bias.dim() != 2 or tensors["scale"].shape != (bias.shape[0],) or tensors["mix"].shape != (bias.shape[0],):
+    m = bias.shape[0] if bias.dim() == 2 else -1
+    tensors.setdefault("positions", torch.zeros(max(m, 0), 0))
+    positions = tensors["positions"]
+    if (m < 0 or tensors["scale"].shape != (m,) or tensors["mix"].shape != (m,) or positions.dim() != 2
+            or positions.shape[0] != m):
         raise GradmemError(f"{path}: corrupt start file (tensor shapes do not agree)")
     if not all(torch.isfinite(t).all() for t in tensors.values()):
         raise GradmemError(f"{path}: corrupt start file (NaN or infinite values)")
-    start = Start(bias.shape[0], bias.shape[1])
+    start = Start(m, bias.shape[1], positions.shape[1])
     with torch.no_grad():
         for name, value in tensors.items():
             getattr(start, name).copy_(value)
