@@ -13,6 +13,7 @@ A passage's steps are summed over its segments; a write counts when greedy decod
 alone rebuilds the passage exactly. Prints per-passage rows, the medians and each arm's ratio to the first.
 
     .venv/bin/python benchmarks/start_steps.py [--start FILE] [--arm NAME KEY=VALUE ...]... [--limit N]
+                                               [--folder benchmarks/tuning]   # tune on other texts
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--limit", type=int, default=None, help="the first N passages only")
+    parser.add_argument("--folder", type=Path, default=None,
+                        help="write the *.txt of this folder instead of the held-out passages (e.g. benchmarks/tuning "
+                             "to tune settings)")
     parser.add_argument("--batch-tokens", type=int, default=2048)
     parser.add_argument("--fitted-on", type=Path, nargs="*", default=[ROOT / "samples" / "start-texts", TUNING],
                         help="the folders the starts were fitted on (checked for overlap with the passages)")
@@ -75,15 +79,16 @@ def main() -> None:
             args.arm or [["before", "init=tokens", "cycle=0", "warmup=0.1"], ["tokens", "init=tokens"],
                          ["fitted", *fitted]]}
     lm = load_model(args.model, device=args.device, quiet=True)
-    passages = held_out()[:args.limit]
+    passages = (texts(args.folder) if args.folder else held_out())[:args.limit]
     runs = {}
     for name, settings in arms.items():
         runs[name] = write_all(lm, passages, WriteConfig(**{"batch_tokens": args.batch_tokens, **settings}))
         log(f"{name}: {runs[name][1]:.1f} s")
     for passage, _ in passages:
         log(json.dumps({"passage": passage, **{k: runs[k][0][passage] for k in runs}}))
-    print(f"model {lm.spec} on {lm.model.device}, 64-token segments, 8 vectors, {len(passages)} held-out passages; "
-          f"8-word runs they share with the texts the starts were fitted on: {shared_runs(passages, args.fitted_on)}")
+    where = args.folder or "held-out"
+    print(f"model {lm.spec} on {lm.model.device}, gradmem write defaults but for each arm's settings, "
+          f"{len(passages)} {where} passages; 8-word runs they share with the texts the starts were fitted on: {shared_runs(passages, args.fitted_on)}")
     print("| arm | settings | steps per passage, summed over segments: median (range) | rebuilt exactly | "
           "seconds, batched |")
     print("|---|---|---|---|---|")

@@ -106,6 +106,14 @@ def test_cosine_schedule():
     assert ResolvedWrite(schedule="constant", lr=0.1, steps=100).lr_at(77) == 0.1
 
 
+def test_the_cycle_grows_with_the_segment_and_is_recorded_only_when_it_restarts(tiny_model):
+    lm = load_model(tiny_model, device="cpu")
+    assert WriteConfig().resolve(lm).cycle == 150 and WriteConfig(segment_tokens=128).resolve(lm).cycle == 300
+    assert WriteConfig().resolve(lm).to_dict()["cycle"] == 150
+    # --cycle 0 decays once over --steps, as every file written before cycles existed records it: no key
+    assert "cycle" not in WriteConfig(cycle=0).resolve(lm).to_dict()
+
+
 def test_cosine_cycles_restart_until_the_steps_run_out():
     cfg = ResolvedWrite(lr=0.1, steps=300, warmup=0.1, schedule="cosine", cycle=100)
     assert [cfg.lr_at(s) for s in (0, 9, 99)] == [cfg.lr_at(s) for s in (100, 109, 199)]

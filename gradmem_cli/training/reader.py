@@ -89,6 +89,11 @@ class ReaderTrainConfig(LoopSettings):
     """How the training memories start (``gradmem write --init``): ``tokens``, as for the shipped readers,
     which were trained before gradmem shipped a fitted start; ``fitted`` for memories that
     ``gradmem write`` now writes by default with the default model."""
+    cycle: int = 0
+    """The training memories' cosine cycle (``gradmem write --cycle``): 0 = one decay over the steps, as for
+    the shipped readers, written before the cycles; 150 for memories as ``gradmem write`` now writes them."""
+    warmup: float = 0.1
+    """The training memories' warm-up (``gradmem write --warmup``): 0.1 as for the shipped readers; 0.03 now."""
     rank: int = 16
     """LoRA rank."""
     alpha: float = 32.0
@@ -108,6 +113,7 @@ class ReaderTrainConfig(LoopSettings):
                                                           "gradmem self-study)"),
             (self.input in INPUTS, f"input must be one of {', '.join(INPUTS)}"),
             (self.init in ("tokens", "random", "fitted"), "init must be tokens, random or fitted"),
+            (self.cycle >= 0 and 0 <= self.warmup < 1, "cycle must be 0 or more and warmup in [0, 1)"),
             (self.train_stories >= 1 and self.eval_stories >= 1, "train_stories and eval_stories must be at least 1"),
             (self.rank >= 1 and self.alpha > 0 and bool(self.targets), "rank >= 1, alpha > 0, targets not empty"),
             (self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
@@ -175,7 +181,7 @@ class ReaderTrainer:
         self.run = Run(cfg)
         self.run.check_config()
         self.store = MemoryStore(cfg.memories or Path(cfg.out) / "memories", self.lm,
-                                 WriteConfig(init=cfg.init).resolve(self.lm))
+                                 WriteConfig(init=cfg.init, cycle=cfg.cycle, warmup=cfg.warmup).resolve(self.lm))
         self.eval_rows = held_out(cfg)
         self.train_rows, leaked = training_rows(cfg, self.eval_rows)
         if leaked:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 INITS = ("tokens", "random", "fitted", "learned")
+CYCLE_STEPS_PER_TOKEN = 150 / 64  # tuned on benchmarks/tuning: 64-token segments settle best in cycles of 150
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class WriteConfig:
         "help": "Cosine only: the rate warms up and decays to 0 over this many steps, then starts again from the "
                 "peak (warm restarts) until the stopping test passes or --steps run out; 0 = one decay over --steps. "
                 "A short decay settles most segments sooner; the restarts keep hard ones going "
-                "(default: 150)."})
+                "(default: 150 per 64 --segment-tokens: 150 at 64, 300 at 128)."})
     warmup: float = field(default=0.03, metadata={
         "help": "Warm-up length as a fraction of a cycle (of --steps with --cycle 0; cosine only)."})
     init: str | None = field(default=None, metadata={
@@ -129,8 +130,11 @@ class WriteConfig:
         init = self.init or ("learned" if writer is not None else "tokens")
         if init != "learned":
             plain = {"mem_tokens": 8, "segment_tokens": 64, "steps": OBJECTIVES[self.objective].default_steps,
-                     "lr": 0.05, "optimizer": "adam", "schedule": "cosine", "cycle": 150}
+                     "lr": 0.05, "optimizer": "adam", "schedule": "cosine"}
             values = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in plain.items()}
+            # A longer segment takes more steps to settle: the cycle grows with it (150 at 64 tokens).
+            values["cycle"] = (round(CYCLE_STEPS_PER_TOKEN * values["segment_tokens"]) if self.cycle is None
+                               else self.cycle)
             if values["optimizer"] == "forward":
                 raise UsageError("--optimizer forward is the rule of an RMT writer (--init learned)")
             start = self._start(lm, values["mem_tokens"])
