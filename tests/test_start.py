@@ -164,6 +164,7 @@ def test_the_shipped_start_records_the_texts_in_this_repository():
     (path,) = starts.shipped_starts()
     start = read_start(path)
     assert start.meta["model_id"] == "smollm2-135m-instruct" and tuple(start.bias.shape) == (8, 576)
+    assert tuple(start.positions.shape) == (8, 64) and start.positions.abs().max() > 0  # format 1.1, fitted
     fitted = json.loads(start.meta["fitted"])
     files = sorted([*Path("samples/start-texts").glob("*.txt"), *Path("benchmarks/tuning").glob("*.txt")])
     recorded = sorted((s["name"], s["sha256"]) for s in fitted["sources"])
