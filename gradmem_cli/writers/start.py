@@ -5,15 +5,16 @@ tokens. A *start* generalises it slot by slot::
 
     M0[j] = scale[j] * E[t_j] + mix[j] * mean_i E[t_i] + sum_i positions[j, i] * E[t_i] + bias[j]
 
-(t cycled when shorter than m in the first term; the sum runs over the segment's first P positions)
-which is the token start at ``scale = 1, mix = 0, positions = 0, bias = 0``. ``positions`` lets a slot
-begin as a weighted blend of the tokens it will have to hold, not only the one token at its own place. Its parameters are fitted on many texts
-with Reptile (:mod:`writers.fitting`). A start
-belongs to one model: its file records the model's fingerprint, and a write uses it only for a
-model with that fingerprint and that m.
+(t cycled when shorter than m in the first term; the sum runs over the segment's first P positions),
+which is the token start at ``scale = 1, mix = 0, positions = 0, bias = 0``. ``positions`` lets a
+slot begin as a weighted blend of the tokens it will have to hold, not only the one at its own place.
+Its parameters are fitted on many texts with Reptile (:mod:`writers.fitting`). A start belongs to one
+model: its file records the model's fingerprint, and a write uses it only for a model with that
+fingerprint and that m.
 
 On disk a start is a safetensors file: tensors ``scale`` [m], ``mix`` [m], ``bias`` [m, d],
-``positions`` [m, P] (format 1.1; a 1.0 file has none, which reads as P = 0) and string metadata (format, the model's id and fingerprint, how it was fitted). Loading it never runs
+``positions`` [m, P] (format 1.1; a 1.0 file has none, which reads as P = 0) and string metadata
+(format, the model's id and fingerprint, how it was fitted). Loading it never runs
 code; every defect is a one-line error.
 """
 
@@ -60,13 +61,13 @@ class Start(torch.nn.Module):
     def forward(self, lm: LoadedModel, segments: list[list[int]]) -> torch.Tensor:
         """M0 for each segment: [len(segments), m, d] in float32, on the model's device."""
         weight = lm.model.get_input_embeddings().weight.detach()
-        m = self.mem_tokens
-        first = torch.tensor([[ids[i % len(ids)] for i in range(m)] for ids in segments], device=weight.device)
-        embedded = [weight[torch.tensor(ids, device=weight.device)].float() for ids in segments]
+        slots = torch.arange(self.mem_tokens, device=weight.device)
+        embedded = [weight[torch.tensor(ids, device=weight.device)].float() for ids in segments]  # one lookup each
+        own = torch.stack([e[slots % len(e)] for e in embedded])  # E[t_j], t cycled when shorter than m
         mean = torch.stack([e.mean(0) for e in embedded])
         blend = torch.stack([self.positions[:, :len(e)] @ e[:self.positions.shape[1]] for e in embedded])
-        return (self.scale[None, :, None] * weight[first].float() + self.mix[None, :, None] * mean[:, None, :]
-                + blend + self.bias[None])
+        return (self.scale[None, :, None] * own + self.mix[None, :, None] * mean[:, None, :] + blend
+                + self.bias[None])
 
 
 def _metadata(lm: LoadedModel, fitted: dict[str, Any]) -> dict[str, str]:
