@@ -22,6 +22,7 @@ from gradmem_cli.lm import adapter
 from gradmem_cli.lm.fingerprint import Fingerprint, kv_bytes_per_token, model_shape
 from gradmem_cli.lm.generate import Answer, Reader, reconstruct, with_context
 from gradmem_cli.lm.loading import ALIASES, ConfigMismatch, LoadedModel, load_model
+from gradmem_cli.lm.spaces import SPACES
 from gradmem_cli.memory.documents import Document, split_segments
 from gradmem_cli.memory.memfile import MemoryFile, MemoryHeader
 from gradmem_cli.writers.base import SegmentResult, StepStats, Writer
@@ -71,6 +72,7 @@ def _header(lm: LoadedModel, doc: Document, tokens: int, cfg: ResolvedWrite, res
         model_shape=model_shape(lm.model.config),
         hidden_size=lm.hidden_size,
         dtype=made["dtype"],
+        space=cfg.space,
         mem_tokens=cfg.mem_tokens,
         segment_tokens=cfg.segment_tokens,
         tokens_per_segment=[r.tokens for r in results],
@@ -219,8 +221,8 @@ def load_reader_model(memfile: MemoryFile, model: str | None, device: str = "aut
 
 
 def check_model(lm: LoadedModel, memfile: MemoryFile) -> None:
-    """Refuse to read a memory with a model other than the one that wrote it, or one whose window
-    cannot hold its segments."""
+    """Refuse to read a memory with a model other than the one that wrote it, one whose window
+    cannot hold its segments, or a reader trained on memories of another space."""
     header = memfile.header
     name = memfile.path or "this memory"
     stored = Fingerprint.from_dict(header.model_fingerprint)
@@ -232,25 +234,34 @@ def check_model(lm: LoadedModel, memfile: MemoryFile) -> None:
             f"model mismatch: {name} was written with '{header.model_id}' ({stored.short}), "
             f"not '{lm.spec}' ({lm.fingerprint.short}): {reason}"
         )
-    if len(lm.prefix_ids) + header.mem_tokens + max(header.tokens_per_segment) > lm.window:
+    space = SPACES[header.space]
+    refusal = space.refusal(lm)
+    if refusal:
+        raise GradmemError(f"{name} holds a {space.name} memory, which '{lm.spec}' cannot read: {refusal}")
+    lead = len(space.lead_ids(lm))
+    if len(lm.prefix_ids) + header.mem_tokens + lead + max(header.tokens_per_segment) > lm.window:
         raise GradmemError(f"{name}: a segment of {max(header.tokens_per_segment)} tokens after {header.mem_tokens} "
-                           f"vectors does not fit the model's window of {lm.window}")
+                           f"slots does not fit the model's window of {lm.window}")
+    trained_on = lm.reader.training.get("space", "embed") if lm.reader is not None else space.name
+    if trained_on != space.name:
+        raise GradmemError(f"reader mismatch: the reader was trained on {trained_on} memories and {name} holds a "
+                           f"{space.name} memory")
 
 
 def open_reader(lm: LoadedModel, memfile: MemoryFile, use_cache: bool = True) -> Reader:
     """A reader with the whole memory (every segment, in order) before each prompt."""
     check_model(lm, memfile)
-    vectors = memfile.memory.shape[0] * memfile.memory.shape[1]
-    if len(lm.prefix_ids) + vectors >= lm.window:
-        raise GradmemError(f"{memfile.path or 'this memory'}: its {vectors} vectors leave no room for a question "
+    slots = memfile.memory.shape[0] * memfile.memory.shape[1]
+    if len(lm.prefix_ids) + slots + len(SPACES[memfile.header.space].lead_ids(lm)) >= lm.window:
+        raise GradmemError(f"{memfile.path or 'this memory'}: its {slots} slots leave no room for a question "
                            f"in the model's window of {lm.window}")
-    return Reader(lm, memfile.memory, use_cache=use_cache)
+    return Reader(lm, memfile.memory, memfile.header.space, use_cache=use_cache)
 
 
 def rebuild(lm: LoadedModel, memfile: MemoryFile) -> list[int]:
     """The text's token ids as the frozen model regenerates them from each segment's memory."""
     check_model(lm, memfile)
-    segments = reconstruct(lm, memfile.memory, memfile.header.tokens_per_segment)
+    segments = reconstruct(lm, memfile.memory, memfile.header.tokens_per_segment, memfile.header.space)
     return [t for seg in segments for t in seg]
 
 
@@ -306,12 +317,15 @@ def sizes(memfile: MemoryFile, file_bytes: int) -> dict[str, Any]:
     element = torch.finfo(getattr(torch, header.dtype)).bits // 8
     kv = kv_bytes_per_token(header.model_shape, element) * int(header.source["tokens"])
     memory_bytes = memfile.memory.numel() * memfile.memory.element_size()
-    vectors = memfile.memory.shape[0] * memfile.memory.shape[1]
+    slots = memfile.memory.shape[0] * memfile.memory.shape[1]
     return {
+        "space": header.space,
+        "shape": list(memfile.memory.shape),
         "file_bytes": file_bytes,
         "memory_bytes": memory_bytes,
+        "text_bytes": int(header.source["bytes"]),
         "kv_cache_bytes": kv,
         "kv_to_file_ratio": round(kv / max(1, file_bytes), 2),
         "kv_to_memory_ratio": round(kv / max(1, memory_bytes), 2),
-        "tokens_per_vector": round(int(header.source["tokens"]) / max(1, vectors), 3),
+        "tokens_per_slot": round(int(header.source["tokens"]) / max(1, slots), 3),
     }

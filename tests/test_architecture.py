@@ -12,6 +12,7 @@ import torch
 from conftest import FAST
 from gradmem_cli.lm.loading import load_model
 from gradmem_cli.lm.memlm import lr_at, pad
+from gradmem_cli.lm.spaces.embed import frame
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gradmem_cli"
 
@@ -65,7 +66,7 @@ def test_no_import_circles():
 def test_model_inputs_are_built_in_one_place():
     """Only the LM layer (and distillation's cached second pass, on embeddings it gets from there)
     hands inputs_embeds to a model; nothing else concatenates memory and embeddings by hand."""
-    allowed = {"lm/memlm.py", "lm/generate.py", "objectives/distill.py"}
+    allowed = {"lm/memlm.py", "lm/spaces/embed.py", "lm/cache.py", "objectives/distill.py"}
     users = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if "inputs_embeds=" in p.read_text()}
     assert users <= allowed, users - allowed
 
@@ -81,7 +82,7 @@ def test_forward_aligns_each_position_with_its_token(tiny_chat_model):
                             lm.embed(ids[row:row + 1, :n])], dim=1)
         direct = lm.model(inputs_embeds=embeds).logits[0, -n - 1:-1]
         torch.testing.assert_close(logits[row, :n], direct, atol=1e-4, rtol=1e-4)
-    framed = lm.frame(memory[:1], ids[:1], at=2)
+    framed = frame(lm, memory[:1], ids[:1], at=2)
     assert framed.shape[1] == len(lm.prefix_ids) + 3 + 4
     torch.testing.assert_close(framed[0, len(lm.prefix_ids) + 2:len(lm.prefix_ids) + 5], memory[0])
 

@@ -144,7 +144,7 @@ def test_tiny_eval_other_tasks(run, tiny_model, tmp_path, task):
     main = res["main_metric"]
     assert all(main in res["metrics"][c] for c in res["metrics"])
     if task == "recon":
-        assert res["metrics"]["memory"]["exact"] == 1.0 and res["metrics"]["memory"]["tokens_per_vector"] > 0
+        assert res["metrics"]["memory"]["exact"] == 1.0 and res["metrics"]["memory"]["tokens_per_slot"] > 0
 
 
 def test_eval_conditions_and_errors(run, tiny_model, tmp_path):

@@ -43,7 +43,7 @@ def test_metadata_is_strings_with_json(tmp_path):
     memfile.save(path, torch.zeros(2, 3, 4), _header())
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata()
-    assert meta["format"] == "gradmem.memory" and meta["format_version"] == "1.0"
+    assert meta["format"] == "gradmem.memory" and meta["format_version"] == "2.0"
     assert meta["model_id"] == "tiny"
     assert json.loads(meta["tokens_per_segment"]) == [10, 10]
 
@@ -69,15 +69,40 @@ def test_foreign_safetensors(tmp_path):
 
 def test_newer_major_version_refused(tmp_path):
     path = tmp_path / "a.gmem"
-    memfile.save(path, torch.zeros(2, 3, 4), _header(format_version="2.0"))
-    with pytest.raises(GradmemError, match="format 2.0.*upgrade gradmem"):
+    memfile.save(path, torch.zeros(2, 3, 4), _header(format_version="3.0"))
+    with pytest.raises(GradmemError, match="format 3.0.*reads 1.x and 2.x.*upgrade gradmem"):
         memfile.load(path)
 
 
 def test_minor_version_and_unknown_fields_accepted(tmp_path):
     path = tmp_path / "a.gmem"
-    memfile.save(path, torch.zeros(2, 3, 4), _header(format_version="1.7"))
-    assert memfile.load(path).header.format_version == "1.7"
+    memfile.save(path, torch.zeros(2, 3, 4), _header(format_version="2.7"))
+    assert memfile.load(path).header.format_version == "2.7"
+
+
+def test_format_1_files_read_as_embedding_memory(tmp_path):
+    """A 1.0 file (no 'space' field) reads as an embedding memory; one claiming another space is corrupt."""
+    path = tmp_path / "old.gmem"
+    meta = {k: v for k, v in _header(format_version="1.0").to_metadata().items() if k != "space"}
+    save_file({"memory": torch.zeros(2, 3, 4)}, str(path), metadata=meta)
+    assert memfile.load(path).header.space == "embed"
+    save_file({"memory": torch.zeros(2, 3, 4)}, str(path), metadata={**meta, "space": "kv"})
+    with pytest.raises(GradmemError, match="1.x file holds embedding memory only"):
+        memfile.load(path)
+
+
+def test_kv_memory_shape_follows_the_model_shape(tmp_path):
+    """A kv slot holds keys and values for every layer and KV head: layers x 2 x kv_heads x head_dim numbers."""
+    path = tmp_path / "kv.gmem"
+    header = _header(space="kv", model_shape={"layers": 2, "kv_heads": 2, "head_dim": 3, "hidden": 4})
+    memfile.save(path, torch.zeros(2, 3, 24), header)
+    assert memfile.load(path).header.width == 24
+    save_file({"memory": torch.zeros(2, 3, 4)}, str(path), metadata=header.to_metadata())
+    with pytest.raises(GradmemError, match=r"memory shape \(2, 3, 4\), header says \(2, 3, 24\)"):
+        memfile.load(path)
+    memfile.save(path, torch.zeros(2, 3, 4), _header(space="nowhere"))
+    with pytest.raises(GradmemError, match="'space' must be one of embed, kv"):
+        memfile.load(path)
 
 
 def test_shape_mismatch_and_nan(tmp_path):

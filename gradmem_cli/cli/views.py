@@ -38,13 +38,14 @@ def show_inspect(result: dict[str, Any]) -> None:
     size = Table(title="sizes", show_header=False, title_justify="left")
     size.add_column("what", style="bold")
     size.add_column("value")
+    segments, slots, width = sizes["shape"]
+    size.add_row("memory", f"{sizes['space']}: {segments} segment(s) x {slots} slot(s) x {width} numbers, "
+                           f"{_human_bytes(sizes['memory_bytes'])}")
     size.add_row("file", _human_bytes(sizes["file_bytes"]))
-    size.add_row("memory vectors", _human_bytes(sizes["memory_bytes"]))
-    size.add_row(f"KV cache of the source ({header['source']['tokens']} tokens, {header['dtype']})",
-                 _human_bytes(sizes["kv_cache_bytes"]))
-    size.add_row("KV cache / file", f"{sizes['kv_to_file_ratio']}x")
-    size.add_row("KV cache / memory vectors", f"{sizes['kv_to_memory_ratio']}x")
-    size.add_row("tokens per memory vector", str(sizes["tokens_per_vector"]))
+    size.add_row("the text itself", _human_bytes(sizes["text_bytes"]))
+    size.add_row(f"KV cache of the text ({header['source']['tokens']} tokens, {header['dtype']})",
+                 f"{_human_bytes(sizes['kv_cache_bytes'])}: {sizes['kv_to_file_ratio']}x the file")
+    size.add_row("tokens per slot", str(sizes["tokens_per_slot"]))
     console.print(size)
     rec = result.get("reconstruction")
     if rec:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gradmem_cli import engine
+from gradmem_cli.errors import UsageError
 from gradmem_cli.evaluation.metrics import f1, mean
 from gradmem_cli.lm.generate import MEMORY_SLOT, Reader
 from gradmem_cli.lm.loading import LoadedModel
@@ -218,6 +219,8 @@ def evaluate(
     per example (inputs, outputs, scores) once all its conditions are scored. With a ``store``,
     memories are taken from it (and the missing ones written into it) instead of written afresh.
     """
+    if opts.memory_at == "context" and "memory" in opts.conditions and cfg.space != "embed":
+        raise UsageError(f"--memory-at context: a {cfg.space} memory is read before the prompt (use --memory-at start)")
     run = _Run(lm, task, dataset, opts, on_progress)
     if any(c in opts.conditions for c in WRITTEN):
         run.written(cfg, store)

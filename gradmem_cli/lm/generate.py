@@ -1,23 +1,27 @@
-"""READ: answer from ``[prefix; memory; prompt]``, rebuild a text from memory alone, and check a
+"""READ: answer from ``[prefix; memory; lead; prompt]``, rebuild a text from memory alone, and check a
 gold continuation teacher-forced.
 
-The framed memory (the tokenizer's BOS if any, then every segment's vectors in order) goes through
-the model once; its KV cache is copied for each question, so asking many questions pays for the
-memory once. A trained reader (:mod:`~gradmem_cli.lm.adapter`), if attached, is on while answering. Generation is Hugging Face ``generate`` with ``inputs_embeds``; without memory the
-same prefix starts the prompt, so every condition shares one framing.
+The memory's space (:mod:`~gradmem_cli.lm.spaces`) puts it into the model's cache once per reader:
+an embedding memory by one forward pass, a kv memory by placing its slots; after each question the
+cache is cut back to the memory, so asking many questions pays for the memory once. Generation is a
+plain loop over that cache (greedy, or sampling at a temperature), streamed as a generator. A trained
+reader (:mod:`~gradmem_cli.lm.adapter`), if attached, is on while answering. Without memory the same
+prefix starts the prompt, so every condition shares one framing.
 """
 
 from __future__ import annotations
 
-import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
+from gradmem_cli.lm import cache
 from gradmem_cli.lm.adapter import reading
+from gradmem_cli.lm.cache import Context
+from gradmem_cli.lm.spaces import SPACES
 
 if TYPE_CHECKING:
     from gradmem_cli.lm.loading import LoadedModel
@@ -72,20 +76,6 @@ def framed_prompt(lm: LoadedModel, user_text: str, template: bool = True) -> tup
     return before + lm.tokenize(tail), len(before)
 
 
-def target_hits(lm: LoadedModel, memory: torch.Tensor | None, prompt: list[int], target: list[int],
-                at: int = 0) -> list[bool]:
-    """Teacher-forced check of a gold continuation: is each target token the argmax given
-    ``[prefix; prompt[:at]; memory; prompt[at:]; target before it]``? (The paper's exact-match metric.)"""
-    ids = torch.tensor([prompt + target], dtype=torch.long, device=lm.device)
-    if memory is None and not lm.prefix_ids and not prompt:
-        raise ValueError("the first target token needs something before it to be predicted from")
-    embeds = lm.frame(None if memory is None else memory.reshape(1, -1, memory.shape[-1]), ids, at=at)
-    with torch.no_grad(), reading(lm):
-        logits = lm.model(inputs_embeds=embeds, logits_to_keep=len(target) + 1, use_cache=False).logits
-    predicted = logits[0, :-1].argmax(-1).tolist()
-    return [p == t for p, t in zip(predicted, target)]
-
-
 @dataclass
 class Answer:
     text: str
@@ -95,115 +85,145 @@ class Answer:
     first_token_seconds: float | None
 
 
-class _Streamer:
-    """Collects generated ids, calls back with decoded text increments, and times the first token."""
+def stop_ids(lm: LoadedModel) -> set[int]:
+    """The tokens that end an answer: the model's generation end tokens and the tokenizer's."""
+    configured = getattr(lm.model.generation_config, "eos_token_id", None)
+    ids = set(configured if isinstance(configured, list) else [] if configured is None else [configured])
+    if lm.tokenizer.eos_token_id is not None:
+        ids.add(lm.tokenizer.eos_token_id)
+    return ids
 
-    def __init__(self, lm: LoadedModel, callback: Callable[[str], None] | None, start: float):
-        self.lm, self.callback, self.start = lm, callback, start
-        self.ids: list[int] = []
-        self.emitted = ""
-        self.first: float | None = None
 
-    def put(self, value: torch.Tensor) -> None:
-        if value.numel() == 0:
+def sample(lm: LoadedModel, ctx: Context, max_new_tokens: int, temperature: float = 0.0, seed: int = 0,
+           stops: set[int] | None = None) -> Iterator[int]:
+    """Token ids generated after ``ctx`` (one row; ``ctx.logits`` predicts the first), greedy at
+    temperature 0, else sampled from the softmax at ``temperature`` (seeded). Stops after a token of
+    ``stops`` or ``max_new_tokens`` tokens; ``ctx`` moves along."""
+    generator = torch.Generator().manual_seed(seed) if temperature > 0 else None
+    for step in range(max_new_tokens):
+        logits = ctx.logits[0]
+        if generator is None:
+            token = int(logits.argmax())
+        else:
+            probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
+            token = int(torch.multinomial(probs, 1, generator=generator))
+        yield token
+        if (stops and token in stops) or step == max_new_tokens - 1:
             return
-        if self.first is None:
-            self.first = time.perf_counter() - self.start
-        self.ids.extend(int(x) for x in value.reshape(-1).tolist())
-        text = self.lm.tokenizer.decode(self.ids, skip_special_tokens=True)
-        # Hold back a trailing replacement char: a multi-byte character may be half-decoded.
-        if self.callback and not text.endswith("\ufffd") and len(text) > len(self.emitted):
-            self.callback(text[len(self.emitted):])
-            self.emitted = text
+        cache.extend(lm, ctx, torch.tensor([[token]], device=lm.device), keep=1)
 
-    def end(self) -> None:
-        text = self.lm.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if self.callback and len(text) > len(self.emitted):
-            self.callback(text[len(self.emitted):])
-            self.emitted = text
+
+def greedy(lm: LoadedModel, ctx: Context, steps: int) -> torch.Tensor:
+    """``steps`` greedy tokens [B, steps] after each row of ``ctx`` (no stop token)."""
+    out = []
+    for step in range(steps):
+        token = ctx.logits.argmax(-1, keepdim=True)
+        out.append(token)
+        if step < steps - 1:
+            cache.extend(lm, ctx, token, keep=1)
+    return torch.cat(out, dim=1)
+
+
+def target_hits(lm: LoadedModel, memory: torch.Tensor | None, prompt: list[int], target: list[int],
+                at: int = 0, space: str = "embed") -> list[bool]:
+    """Teacher-forced check of a gold continuation: is each target token the argmax given
+    ``[prefix; prompt[:at]; memory; lead; prompt[at:]; target before it]``? (The paper's exact-match metric.)"""
+    return Reader(lm, memory, space, use_cache=False).hits_ids(prompt, target, at)
 
 
 class Reader:
-    """Answers prompts read after a fixed memory (every segment's vectors in order), or after no
-    memory at all.
+    """Answers prompts read after a fixed memory (every segment's slots in order, in ``space``), or
+    after no memory at all.
 
-    With ``use_cache`` (the default) the framed memory is run through the model once and its KV
-    cache reused for every prompt; without it each prompt recomputes it (for checking).
+    With ``use_cache`` (the default) the memory is read into the cache once and the cache cut back to
+    it after every prompt; without it each prompt reads the memory again (for checking).
     """
 
-    def __init__(self, lm: LoadedModel, memory: torch.Tensor | None, use_cache: bool = True):
+    def __init__(self, lm: LoadedModel, memory: torch.Tensor | None, space: str = "embed", use_cache: bool = True):
         self.lm = lm
+        self.space = SPACES[space]
         self.memory = None if memory is None else memory.reshape(1, -1, memory.shape[-1])
-        self.cache = None
-        if use_cache and self.memory is not None:
-            from transformers import DynamicCache
+        self.base: Context | None = self._read() if use_cache else None
 
-            self.cache = DynamicCache(config=lm.model.config)
-            with torch.no_grad(), reading(lm):
-                lm.model(inputs_embeds=lm.frame(self.memory), cache=self.cache, use_cache=True)
+    def _read(self, before: list[int] | None = None) -> Context:
+        with torch.no_grad(), reading(self.lm):
+            return self.space.context(self.lm, self.memory, before)
 
-    def answer(
-        self,
-        user_text: str,
-        max_new_tokens: int = 128,
-        temperature: float = 0.0,
-        on_text: Callable[[str], None] | None = None,
-        seed: int = 0,
-        template: bool = True,
-    ) -> Answer:
-        lm = self.lm
-        prompt, at = framed_prompt(lm, user_text, template)
-        ids = torch.tensor([prompt], dtype=torch.long, device=lm.device)
-        embeds = lm.frame(self.memory, ids if ids.shape[1] else None, at=at)
-        kwargs: dict = {}
-        if self.cache is not None and not at:  # the cache holds [prefix; memory]: only for a memory in front
-            kwargs["cache"] = copy.deepcopy(self.cache)
-        if temperature > 0:
-            torch.manual_seed(seed)
-            kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
-        start = time.perf_counter()
-        streamer = _Streamer(lm, on_text, start)
-        with torch.no_grad(), reading(lm):
-            out = lm.model.generate(
-                inputs_embeds=embeds,
-                attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=lm.device),
-                max_new_tokens=max_new_tokens,
-                streamer=streamer,
-                pad_token_id=lm.tokenizer.pad_token_id or lm.tokenizer.eos_token_id,
-                **kwargs,
-            )
-        seconds = time.perf_counter() - start
-        generated = out[0].tolist()
-        text = lm.tokenizer.decode(generated, skip_special_tokens=True)
-        return Answer(text=text.strip(), ids=generated, tokens=len(generated), seconds=seconds,
-                      first_token_seconds=streamer.first)
+    def _open(self, at_ids: list[int]) -> tuple[Context, Callable[[], None]]:
+        """A context for one prompt (``at_ids``: prompt tokens before an in-prompt memory), and what
+        restores the shared cache afterwards."""
+        if self.base is None or at_ids:
+            return self._read(at_ids), lambda: None
+        base = self.base
+        length, position, logits = base.length, base.position, base.logits
+        return base, lambda: base.rewind(length, position, logits)
 
+    def hits_ids(self, prompt: list[int], target: list[int], at: int = 0) -> list[bool]:
+        """Teacher-forced: is each ``target`` token the argmax after the memory, ``prompt`` (the memory
+        after its first ``at`` tokens) and the target before it?"""
+        ctx, restore = self._open(prompt[:at])
+        seq = prompt[at:] + target
+        try:
+            if ctx.logits is None and len(seq) == len(target):
+                raise ValueError("the first target token needs something before it to be predicted from")
+            first = ctx.logits
+            with torch.no_grad(), reading(self.lm):
+                logits = cache.extend(self.lm, ctx, torch.tensor([seq], device=self.lm.device))[0]
+        finally:
+            restore()
+        # logits[j] predicts seq[j + 1]; what was read before (if anything) predicts seq[0]
+        start = len(seq) - len(target)
+        predicting = logits[start - 1:-1] if start else torch.cat([first, logits[:-1]])
+        predicted = predicting.argmax(-1).tolist()
+        return [p == t for p, t in zip(predicted, target)]
 
     def hits(self, user_text: str, target: list[int], template: bool = True) -> list[bool]:
         """:func:`target_hits` of ``target`` after this reader's memory and the prompt, framed as
         :meth:`answer` frames it."""
         prompt, at = framed_prompt(self.lm, user_text, template)
-        return target_hits(self.lm, self.memory, prompt, target, at)
+        return self.hits_ids(prompt, target, at)
+
+    def stream(self, user_text: str, max_new_tokens: int = 128, temperature: float = 0.0, seed: int = 0,
+               template: bool = True) -> Iterator[int]:
+        """The answer's token ids as they are generated."""
+        lm = self.lm
+        prompt, at = framed_prompt(lm, user_text, template)
+        ctx, restore = self._open(prompt[:at])
+        try:
+            with torch.no_grad(), reading(lm):
+                if prompt[at:]:
+                    cache.extend(lm, ctx, torch.tensor([prompt[at:]], device=lm.device), keep=1)
+                yield from sample(lm, ctx, max_new_tokens, temperature, seed, stop_ids(lm))
+        finally:
+            restore()
+
+    def answer(self, user_text: str, max_new_tokens: int = 128, temperature: float = 0.0,
+               on_text: Callable[[str], None] | None = None, seed: int = 0, template: bool = True) -> Answer:
+        start = time.perf_counter()
+        first = None
+        ids: list[int] = []
+        emitted = ""
+        for token in self.stream(user_text, max_new_tokens, temperature, seed, template):
+            first = first if first is not None else time.perf_counter() - start
+            ids.append(token)
+            text = self.lm.tokenizer.decode(ids, skip_special_tokens=True)
+            # Hold back a trailing replacement char: a multi-byte character may be half-decoded.
+            if on_text and not text.endswith("\ufffd") and len(text) > len(emitted):
+                on_text(text[len(emitted):])
+                emitted = text
+        text = self.lm.tokenizer.decode(ids, skip_special_tokens=True)
+        if on_text and len(text) > len(emitted):
+            on_text(text[len(emitted):])
+        return Answer(text=text.strip(), ids=ids, tokens=len(ids), seconds=time.perf_counter() - start,
+                      first_token_seconds=first)
 
 
-def reconstruct(lm: LoadedModel, memory: torch.Tensor, lengths: list[int]) -> list[list[int]]:
-    """Greedy-decode each segment from its own memory alone: ``[prefix; M_s]`` -> its tokens.
+def reconstruct(lm: LoadedModel, memory: torch.Tensor, lengths: list[int], space: str = "embed") -> list[list[int]]:
+    """Greedy-decode each segment from its own memory alone: ``[prefix; M_s; lead]`` -> its tokens.
 
     Decoding runs exactly ``lengths[s]`` tokens (no stop token), all segments as one batch.
     """
-    rows = lm.frame(memory)
     with torch.no_grad():
-        out = lm.model.generate(
-            inputs_embeds=rows,
-            attention_mask=torch.ones(rows.shape[:2], dtype=torch.long, device=lm.device),
-            max_new_tokens=max(lengths),
-            do_sample=False,
-            temperature=None,
-            top_k=None,
-            top_p=None,
-            eos_token_id=None,
-            pad_token_id=0,
-        )
+        ctx = SPACES[space].context(lm, memory)
+        out = greedy(lm, ctx, max(lengths))
     return [out[s, :n].tolist() for s, n in enumerate(lengths)]

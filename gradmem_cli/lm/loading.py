@@ -104,9 +104,8 @@ class LoadedModel(MemoryLM):
 
     def __init__(self, spec: str, model: Any, tokenizer: Any, fingerprint: Fingerprint, prefix_ids: list[int],
                  writer: LearnedWriter | None = None):
-        super().__init__(model, prefix_ids, writer.read_input if writer is not None else None)
+        super().__init__(model, prefix_ids, writer.read_input if writer is not None else None, tokenizer)
         self.spec = spec
-        self.tokenizer = tokenizer
         self.fingerprint = fingerprint
         self.writer = writer
         self.reader: Any = None  # an adapter.ReaderConfig once a trained reader is attached

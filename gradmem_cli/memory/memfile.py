@@ -1,8 +1,9 @@
 """The ``.gmem`` memory file: safetensors holding the memory vectors and string metadata.
 
-Layout (format 1.x, documented in docs/format.md):
+Layout (format 2.x, documented in docs/format.md; 1.x files are embedding memories and still read):
 
-- tensor ``memory``: float32, float16 or bfloat16, shape ``[segments, mem_tokens, hidden_size]``;
+- tensor ``memory``: float32, float16 or bfloat16, shape ``[segments, mem_tokens, width]``, a slot's
+  width set by the memory ``space`` (``hidden_size`` for embed; keys and values of every layer for kv);
 - ``__metadata__``: one string per :class:`MemoryHeader` field. Strings are stored as they are;
   numbers, lists and objects as JSON.
 
@@ -24,10 +25,12 @@ import torch
 
 from gradmem_cli.errors import GradmemError
 from gradmem_cli.lm.dtypes import DTYPES
+from gradmem_cli.lm.spaces import SPACES
 from gradmem_cli.memory.fileio import FileState, atomic_write_bytes, check_regular_file, open_safetensors
 
 FORMAT_NAME = "gradmem.memory"
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "2.0"
+READS = (1, 2)  # major versions this gradmem reads: 1.x files hold embedding memories
 
 
 @dataclass
@@ -42,7 +45,7 @@ class MemoryHeader:
     model_shape: dict[str, int]  # layers, kv_heads, head_dim, hidden: the KV-cache size of a token
     hidden_size: int
     dtype: str  # the model dtype used for writing (the memory's own dtype is the tensor's)
-    mem_tokens: int  # m: vectors per segment
+    mem_tokens: int  # m: slots per segment
     segment_tokens: int  # the maximum tokens per segment the writer was asked for
     tokens_per_segment: list[int]
     prefix_ids: list[int]  # special tokens placed before the memory (the model's BOS, if any)
@@ -54,6 +57,7 @@ class MemoryHeader:
     source: dict[str, Any]  # name, sha256, bytes, tokens of the source (never its text)
     torch_version: str
     transformers_version: str
+    space: str = "embed"  # where the slots enter the model (lm/spaces); 1.x files have none: embed
     format: str = FORMAT_NAME
     format_version: str = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # room for later minor versions
@@ -61,6 +65,11 @@ class MemoryHeader:
     @property
     def segments(self) -> int:
         return len(self.tokens_per_segment)
+
+    @property
+    def width(self) -> int:
+        """Numbers per slot."""
+        return SPACES[self.space].width(self.model_shape)
 
     def to_metadata(self) -> dict[str, str]:
         out = {}
@@ -118,6 +127,8 @@ def header_problem(h: MemoryHeader) -> str | None:
     for name in strings:
         if not isinstance(getattr(h, name), str):
             return f"'{name}' must be a string"
+    if h.space not in SPACES:
+        return f"'space' must be one of {', '.join(SPACES)}"
     n = len(h.tokens_per_segment) if isinstance(h.tokens_per_segment, list) else -1
     fp, shape, source = h.model_fingerprint, h.model_shape, h.source
     checks = [
@@ -218,12 +229,13 @@ def load(path: Path | str) -> MemoryFile:
         version = meta.get("format_version")
         if not isinstance(version, str) or not re.fullmatch(r"\d+\.\d+", version):
             raise GradmemError(f"{path}: corrupt .gmem (no valid 'format_version')")
-        if _major(version) != _major(FORMAT_VERSION):
-            newer = _major(version) > _major(FORMAT_VERSION)
+        if _major(version) not in READS:
+            newer = _major(version) > max(READS)
             hint = "upgrade gradmem to read it" if newer else "it cannot be read by this gradmem"
-            raise GradmemError(
-                f"{path} uses .gmem format {version}; this gradmem reads {_major(FORMAT_VERSION)}.x ({hint})"
-            )
+            reads = " and ".join(f"{v}.x" for v in READS)
+            raise GradmemError(f"{path} uses .gmem format {version}; this gradmem reads {reads} ({hint})")
+        if _major(version) == 1 and meta.get("space", "embed") != "embed":
+            raise GradmemError(f"{path}: corrupt .gmem (a format 1.x file holds embedding memory only)")
         if keys != ["memory"]:
             raise GradmemError(f"{path}: corrupt .gmem (expected one tensor 'memory', found {keys})")
         header = MemoryHeader.from_metadata(meta, str(path))
@@ -232,7 +244,7 @@ def load(path: Path | str) -> MemoryFile:
             raise GradmemError(f"{path}: corrupt .gmem ({problem})")
         sliced = fh.get_slice("memory")
         dtype, shape = sliced.get_dtype(), tuple(sliced.get_shape())
-        expected = (header.segments, header.mem_tokens, header.hidden_size)
+        expected = (header.segments, header.mem_tokens, header.width)
         if dtype not in ("F32", "F16", "BF16"):
             raise GradmemError(f"{path}: corrupt .gmem (memory dtype {dtype}; expected F32, F16 or BF16)")
         if shape != expected:

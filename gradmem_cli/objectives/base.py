@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 class Settings(Protocol):
     """The write settings objectives read (a resolved ``WriteConfig`` has them all)."""
 
+    space: str
     mem_tokens: int
     target_acc: float
     margin: float

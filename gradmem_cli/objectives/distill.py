@@ -27,6 +27,7 @@ import torch
 
 from gradmem_cli.lm.generate import Reader, prompt_ids, with_context
 from gradmem_cli.lm.memlm import pad
+from gradmem_cli.lm.spaces.embed import frame
 from gradmem_cli.objectives.base import Objective, Segment, Settings, Stats
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ def shared_prompt_forward(lm: LoadedModel, memories: torch.Tensor, owner: list[i
 
     shared = min(len(os.path.commonprefix(seqs)), min(starts) - 1)
     common = torch.tensor([seqs[0][:shared]] * memories.shape[0], dtype=torch.long, device=lm.device)
-    head = lm.frame(memories, common if shared else None)
+    head = frame(lm, memories, common if shared else None)
     cache = DynamicCache(config=lm.model.config)
     lm.model(inputs_embeds=head, cache=cache, use_cache=True, logits_to_keep=1)
     cache.reorder_cache(torch.tensor(owner, dtype=torch.long, device=lm.device))

@@ -65,12 +65,12 @@ class Recon(Task):
         source = lm.tokenize(ex.context)
         extra: dict[str, float] = {}
         if memfile is not None:
-            lengths = memfile.header.tokens_per_segment
-            text = lm.decode([t for seg in reconstruct(lm, memfile.memory, lengths) for t in seg])
+            lengths, space = memfile.header.tokens_per_segment, memfile.header.space
+            text = lm.decode([t for seg in reconstruct(lm, memfile.memory, lengths, space) for t in seg])
             starts = [sum(lengths[:i]) for i in range(len(lengths))]
             hits = [h for s, (start, n) in enumerate(zip(starts, lengths))
-                    for h in target_hits(lm, memfile.memory[s], [], source[start:start + n])]
-            extra["tokens_per_vector"] = len(source) / (memfile.memory.shape[0] * memfile.memory.shape[1])
+                    for h in target_hits(lm, memfile.memory[s], [], source[start:start + n], space=space)]
+            extra["tokens_per_slot"] = len(source) / (memfile.memory.shape[0] * memfile.memory.shape[1])
         else:
             prompt = RECON_PROMPT if context is None else with_context(RECON_PROMPT, context)
             text = reader.answer(prompt, max_new_tokens=len(source)).text

@@ -31,6 +31,7 @@ from gradmem_cli.lm import adapter
 from gradmem_cli.lm.generate import Reader, prompt_ids
 from gradmem_cli.lm.loading import LoadedModel, load_model
 from gradmem_cli.lm.memlm import pad, token_loss
+from gradmem_cli.lm.spaces import SPACES
 from gradmem_cli.memory.memfile import MemoryFile
 from gradmem_cli.memory.store import MemoryStore
 from gradmem_cli.tasks import babi, get_task
@@ -83,6 +84,9 @@ class ReaderTrainConfig(LoopSettings):
     """Seed of the held-out draw (``gradmem eval --seed``)."""
     memories: str = ""
     """A memory store folder shared between runs (default: OUT/memories)."""
+    space: str = "embed"
+    """The memory space of the training memories (``gradmem write --space``); the reader reads only
+    memories of this space."""
     cached_only: bool = False
     """Train only on stories whose memory is already stored (start before the store is full)."""
     init: str = "tokens"
@@ -113,6 +117,7 @@ class ReaderTrainConfig(LoopSettings):
                                                           "gradmem self-study)"),
             (self.input in INPUTS, f"input must be one of {', '.join(INPUTS)}"),
             (self.init in ("tokens", "random", "fitted"), "init must be tokens, random or fitted"),
+            (self.space in SPACES, f"space must be one of {', '.join(SPACES)}"),
             (self.cycle >= 0 and 0 <= self.warmup < 1, "cycle must be 0 or more and warmup in [0, 1)"),
             (self.train_stories >= 1 and self.eval_stories >= 1, "train_stories and eval_stories must be at least 1"),
             (self.rank >= 1 and self.alpha > 0 and bool(self.targets), "rank >= 1, alpha > 0, targets not empty"),
@@ -181,7 +186,8 @@ class ReaderTrainer:
         self.run = Run(cfg)
         self.run.check_config()
         self.store = MemoryStore(cfg.memories or Path(cfg.out) / "memories", self.lm,
-                                 WriteConfig(init=cfg.init, cycle=cfg.cycle, warmup=cfg.warmup).resolve(self.lm))
+                                 WriteConfig(space=cfg.space, init=cfg.init, cycle=cfg.cycle,
+                                             warmup=cfg.warmup).resolve(self.lm))
         self.eval_rows = held_out(cfg)
         self.train_rows, leaked = training_rows(cfg, self.eval_rows)
         if leaked:
@@ -243,7 +249,7 @@ class ReaderTrainer:
         end of turn] ids with the mask of the tokens the loss counts."""
         memory = None
         if self.cfg.input == "memory":
-            memory = torch.stack([self._memory(r).memory.reshape(-1, self.lm.hidden_size).float() for r in rows])
+            memory = torch.stack([self._memory(r).memory.flatten(0, 1).float() for r in rows])
         seqs, scored = [], []
         for r in rows:
             prompt = prompt_ids(self.lm, self.task.user_text(r.example, self._context(r)))
@@ -272,7 +278,8 @@ class ReaderTrainer:
         with adapter.reading(self.lm):
             for rows in groups.values():
                 memory, ids, mask, answer_mask = self._rows(rows)
-                loss = token_loss(self.lm.forward(memory, ids, mask), ids, answer_mask).sum() / cfg.batch_size
+                loss = token_loss(self.lm.forward(memory, ids, mask, space=cfg.space), ids, answer_mask).sum()
+                loss = loss / cfg.batch_size
                 loss.backward()
                 total += loss.item()
         torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_grad or float("inf"))
@@ -290,7 +297,7 @@ class ReaderTrainer:
             scores = []
             for r in (r for r in self.eval_rows if r.group == v):
                 memfile = self._memory(r)
-                reader = Reader(self.lm, None if memfile is None else memfile.memory)
+                reader = Reader(self.lm, None if memfile is None else memfile.memory, self.cfg.space)
                 _, sc = self.task.respond(self.lm, reader, r.example, self._context(r), memfile,
                                           self.cfg.max_new_tokens)
                 scores.append(sc)
@@ -313,7 +320,7 @@ class ReaderTrainer:
         data = ({"variants": cfg.variants, "train_seed": cfg.seed} if cfg.task == "babi" else
                 {"train_data": file_source(Path(cfg.train_data)),
                  "eval_data": file_source(Path(cfg.eval_data)) if cfg.eval_data else "squad_mini.jsonl"})
-        self.lm.reader.training = {"task": cfg.task, "input": cfg.input, **data, "train_stories":
+        self.lm.reader.training = {"task": cfg.task, "input": cfg.input, "space": cfg.space, **data, "train_stories":
                                    len({r.example.context for r in self.train_rows}), "train_questions":
                                    len(self.train_rows), "steps": self.meta["step"],
                                    "held_out": {k: v for k, v in record.items() if k not in ("eval", "seconds")},

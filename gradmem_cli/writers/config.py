@@ -8,12 +8,13 @@ Every field is recorded in the ``.gmem`` it produces and, unless marked ``cli: F
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 from gradmem_cli.errors import UsageError
 from gradmem_cli.lm.dtypes import DTYPES
 from gradmem_cli.lm.memlm import lr_at
+from gradmem_cli.lm.spaces import SPACES
 from gradmem_cli.objectives import OBJECTIVES
 
 if TYPE_CHECKING:
@@ -24,31 +25,40 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 INITS = ("tokens", "random", "fitted", "learned")
 CYCLE_STEPS_PER_TOKEN = 150 / 64  # tuned on benchmarks/tuning: 64-token segments settle best in cycles of 150
+DEFAULT_SPACE = "embed"
 
 
 @dataclass(frozen=True)
 class WriteConfig:
     """Settings of a WRITE. Fields left at None take the model's default (:meth:`resolve`): the
-    value in parentheses in their help for a plain LM, the trained writer's own for a ``gradmem
-    train`` checkpoint."""
+    value in parentheses in their help for a plain LM (per memory space where it says so), the
+    trained writer's own for a ``gradmem train`` checkpoint. Values are checked when the settings
+    are made."""
 
+    space: str | None = field(default=None, metadata={
+        "help": "Where the memory lives: " + "; ".join(f"{s.name} = {s.help}" for s in SPACES.values())
+                + f" (default: {DEFAULT_SPACE})."})
     mem_tokens: int | None = field(default=None, metadata={
-        "help": "m: memory vectors per segment (default: 8; a trained writer's m)."})
+        "help": "m: memory slots per segment (default: " + ", ".join(
+            f"{s.name} {s.defaults['mem_tokens']}" for s in SPACES.values()) + "; a trained writer's m)."})
     segment_tokens: int | None = field(default=None, metadata={
-        "help": "Longest segment in tokens; longer texts are split into near-equal segments, each with m vectors "
-                "(default: 64; a trained writer: what its positions hold)."})
+        "help": "Longest segment in tokens; longer texts are split into near-equal segments, each with m slots "
+                "(default: " + ", ".join(f"{s.name} {s.defaults['segment_tokens']}" for s in SPACES.values())
+                + "; a trained writer: what its positions hold)."})
     steps: int | None = field(default=None, metadata={
         "help": "Most optimisation steps per segment (it stops earlier once the stopping test passes) "
                 "(default: 400; 40 for --objective distill; a trained writer runs exactly its K)."})
     lr: float | None = field(default=None, metadata={
-        "help": "Peak learning rate (default: 0.05; a trained writer's alpha)."})
+        "help": "Peak learning rate (default: " + ", ".join(f"{s.name} {s.defaults['lr']}" for s in SPACES.values())
+                + "; a trained writer's alpha)."})
     optimizer: str | None = field(default=None, metadata={
         "help": "adam (betas 0.9/0.9, as in Cramming) or sgd (plain SGD, the paper's inner-loop rule) "
                 "(default: adam; a trained writer: sgd, or forward for an RMT writer)."})
     betas: tuple[float, float] = field(default=(0.9, 0.9), metadata={"help": "Adam's betas.", "cli": False})
     schedule: str | None = field(default=None, metadata={
         "help": "cosine: linear warm-up, then cosine decay to 0 at --steps; constant: --lr throughout "
-                "(default: cosine; constant for a trained writer)."})
+                "(default: " + ", ".join(f"{s.name} {s.defaults['schedule']}" for s in SPACES.values())
+                + "; constant for a trained writer)."})
     cycle: int | None = field(default=None, metadata={
         "help": "Cosine only: the rate warms up and decays to 0 over this many steps, then starts again from the "
                 "peak (warm restarts) until the stopping test passes or --steps run out; 0 = one decay over --steps. "
@@ -72,9 +82,10 @@ class WriteConfig:
     seed: int = field(default=0, metadata={"help": "Seeds the random initial memory."})
     batch_tokens: int = field(default=2048, metadata={
         "help": "Tokens optimised together per step (segments of several texts share a batch)."})
-    store_dtype: str = field(default="float32", metadata={
-        "help": "How the .gmem stores the vectors: float32, float16 or bfloat16. The write optimises the "
-                "vectors as they will be stored (rounded), so the stopping test holds for the file."})
+    store_dtype: str | None = field(default=None, metadata={
+        "help": "How the .gmem stores the slots: float32, float16 or bfloat16. The write optimises the "
+                "slots as they will be stored (rounded), so the stopping test holds for the file (default: "
+                + ", ".join(f"{s.name} {s.defaults['store_dtype']}" for s in SPACES.values()) + ")."})
     objective: str = field(default="reconstruct", metadata={
         "help": "What the memory is optimised for: " + "; ".join(f"{o.name} = {o.help}" for o in OBJECTIVES.values())
                 + "."})
@@ -83,9 +94,13 @@ class WriteConfig:
     probe_tokens: int = field(default=24, metadata={"help": "distill/mix: most tokens of each teacher answer."})
     distill_weight: float = field(default=1.0, metadata={"help": "mix: weight of the distillation loss."})
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> WriteConfig:
         """Check the values that are set (None fields are checked once resolved)."""
         checks = [
+            (self.space in (None, *SPACES), f"--space must be one of {', '.join(SPACES)}"),
             (self.mem_tokens is None or self.mem_tokens >= 1, "--mem-tokens must be at least 1"),
             (self.segment_tokens is None or self.segment_tokens >= 1, "--segment-tokens must be at least 1"),
             (self.steps is None or self.steps >= 0, "--steps must be 0 or more"),
@@ -100,7 +115,7 @@ class WriteConfig:
             (0 < self.target_acc <= 1, "--target-acc must be in (0, 1]"),
             (self.margin >= 0 and math.isfinite(self.margin), "--margin must be 0 or more"),
             (self.batch_tokens >= 1, "--batch-tokens must be at least 1"),
-            (self.store_dtype in DTYPES, "--store-dtype must be float32, float16 or bfloat16"),
+            (self.store_dtype in (None, *DTYPES), "--store-dtype must be float32, float16 or bfloat16"),
             (self.objective in OBJECTIVES, f"--objective must be one of {', '.join(OBJECTIVES)}"),
             (self.probes >= 1, "--probes must be at least 1"),
             (self.probe_tokens >= 1, "--probe-tokens must be at least 1"),
@@ -112,37 +127,36 @@ class WriteConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as a ``.gmem`` records them. ``start`` appears only when a start was used and
-        ``cycle`` only when the schedule restarts, so files and stores written before either existed still
-        match the settings they were written with."""
-        values = asdict(self)
-        if values["start"] is None:
-            del values["start"]
-        if not values["cycle"]:
-            del values["cycle"]
+        """The settings as a ``.gmem`` records them. ``start`` appears only when a start was used,
+        ``cycle`` only when the schedule restarts and ``space`` only for a memory outside the embedding
+        space, so files and stores written before any of them existed still match the settings they
+        were written with."""
+        values = {f.name: getattr(self, f.name) for f in fields(WriteConfig)}
+        for name, absent in (("start", None), ("cycle", 0), ("space", "embed")):
+            if values[name] in (absent, None):
+                del values[name]
         return values
 
     def resolve(self, lm: LoadedModel) -> ResolvedWrite:
         """Every None field set to the model's default (see the class docstring), checked against
         the model's window; lower layers take only the result."""
-        self.validate()
         writer = lm.writer
         init = self.init or ("learned" if writer is not None else "tokens")
         if init != "learned":
-            plain = {"mem_tokens": 8, "segment_tokens": 64, "steps": OBJECTIVES[self.objective].default_steps,
-                     "lr": 0.05, "optimizer": "adam", "schedule": "cosine"}
+            space = SPACES[self.space or DEFAULT_SPACE]
+            self._check_space(lm, space.name)
+            plain = {"steps": OBJECTIVES[self.objective].default_steps, "optimizer": "adam", **space.defaults}
             values = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in plain.items()}
             # A longer segment takes more steps to settle: the cycle grows with it (150 at 64 tokens).
             values["cycle"] = (round(CYCLE_STEPS_PER_TOKEN * values["segment_tokens"]) if self.cycle is None
                                else self.cycle)
             if values["optimizer"] == "forward":
                 raise UsageError("--optimizer forward is the rule of an RMT writer (--init learned)")
-            start = self._start(lm, values["mem_tokens"])
+            start = self._start(lm, values["mem_tokens"], space.name)
             init = "fitted" if start is not None else init
-            resolved = ResolvedWrite(**{**asdict(self), **values, "init": init,
-                                        "start": start.digest if start is not None else None}).fits(lm)
-            object.__setattr__(resolved, "start_weights", start)
-            return resolved
+            return ResolvedWrite(**{**asdict(self), **values, "space": space.name, "init": init,
+                                    "start": start.digest if start is not None else None},
+                                 start_weights=start).fits(lm)
         if writer is None:
             raise UsageError("--init learned needs a checkpoint trained by gradmem train (it has no writer)")
         rule = "forward" if writer.cfg.kind == "rmt" else "sgd"
@@ -161,18 +175,35 @@ class WriteConfig:
                 raise UsageError(message)
         if self.start is not None:
             raise UsageError("--start: a trained writer starts from its own M0")
+        if self.space not in (None, "embed"):
+            raise UsageError("--space: a trained writer writes embedding memories (--space embed)")
         return ResolvedWrite(**{
-            **asdict(self), "init": init, "mem_tokens": m, "optimizer": rule, "schedule": "constant", "cycle": 0,
+            **asdict(self), "space": "embed", "init": init, "mem_tokens": m, "optimizer": rule,
+            "schedule": "constant", "cycle": 0, "store_dtype": self.store_dtype or "float32",
             "segment_tokens": self.segment_tokens or max(1, room),
             "steps": writer.cfg.steps if self.steps is None else self.steps,
             "lr": writer.cfg.inner_lr if self.lr is None else self.lr,
         }).fits(lm)
 
-    def _start(self, lm: LoadedModel, mem_tokens: int) -> Start | None:
+    def _check_space(self, lm: LoadedModel, space: str) -> None:
+        """Refuse, before any work, a space this model or these settings cannot write."""
+        if space == "embed":
+            return
+        reason = SPACES[space].refusal(lm)
+        if reason:
+            raise UsageError(f"--space {space}: '{lm.spec}' cannot hold such a memory: {reason}")
+        if self.objective != "reconstruct":
+            raise UsageError(f"--objective {self.objective} writes embedding memories only (--space embed)")
+
+    def _start(self, lm: LoadedModel, mem_tokens: int, space: str) -> Start | None:
         """The start of a fitted write: ``--start``, else the shipped start for this model and m when
         ``--init`` is fitted or (for reconstruction) left to its default; None for other inits."""
         from gradmem_cli.writers.start import load_start, shipped_start
 
+        if space != "embed":
+            if self.init == "fitted" or self.start is not None:
+                raise UsageError(f"--init fitted: fitted starts are for embedding memories (not --space {space})")
+            return None
         if self.start is not None:
             return load_start(self.start, lm, mem_tokens)
         if self.init == "fitted" or (self.init is None and self.objective == "reconstruct"):
@@ -189,12 +220,11 @@ class ResolvedWrite(WriteConfig):
     """A :class:`WriteConfig` with every field set for one model: what writers receive. ``start``
     holds the digest of the start used (``--init fitted``), and ``start_weights`` the start itself."""
 
-    start_weights: ClassVar[Start | None] = None  # set per instance by WriteConfig.resolve
+    start_weights: Start | None = field(default=None, compare=False, repr=False)
 
     def fits(self, lm: LoadedModel) -> ResolvedWrite:
         """Refuse sizes the model's window cannot hold, before any work (a write would fail or crawl)."""
-        self.validate()
-        used = len(lm.prefix_ids) + self.mem_tokens + self.segment_tokens
+        used = len(lm.prefix_ids) + self.mem_tokens + len(SPACES[self.space].lead_ids(lm)) + self.segment_tokens
         if used > lm.window:
             raise UsageError(f"--mem-tokens {self.mem_tokens} + --segment-tokens {self.segment_tokens} do not fit "
                              f"the model's window of {lm.window} positions")

@@ -28,6 +28,7 @@ import torch
 
 from gradmem_cli.errors import GradmemError
 from gradmem_cli.lm.memlm import MemoryLM, token_loss
+from gradmem_cli.lm.spaces.embed import frame
 from gradmem_cli.memory.fileio import read_config_json
 
 WRITER_JSON = "gradmem_writer.json"
@@ -146,7 +147,7 @@ def load_writer(folder: Path | str, hidden: int, vocab: int, device: torch.devic
 
 def _rmt_pass(mlm: MemoryLM, writer: LearnedWriter, memory: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """One forward rewrite: ``[prefix; M; context; M]``; the trailing m states become the memory."""
-    out = mlm.hidden(mlm.frame(memory, ids, after=memory))[:, -memory.shape[1]:]
+    out = mlm.hidden(frame(mlm, memory, ids, after=memory))[:, -memory.shape[1]:]
     return writer.mem_proj(out) if writer.mem_proj is not None else out
 
 

@@ -17,6 +17,7 @@ import torch
 
 from gradmem_cli.lm.dtypes import DTYPES
 from gradmem_cli.lm.loading import LoadedModel
+from gradmem_cli.lm.spaces import SPACES
 from gradmem_cli.objectives import OBJECTIVES
 from gradmem_cli.objectives.base import Segment
 from gradmem_cli.writers.base import OnStep, SegmentResult, StepStats
@@ -54,16 +55,13 @@ def initial_memory(lm: LoadedModel, ids: list[int], cfg: ResolvedWrite, generato
                    start: Start | None = None) -> torch.Tensor:
     """The documented starting point M0 of a segment's memory (see ``WriteConfig.init``); a fitted
     start is ``start`` if given, else the one ``cfg`` was resolved with."""
-    weight = lm.model.get_input_embeddings().weight.detach()
     if cfg.init == "fitted":
         with torch.no_grad():
             return (start if start is not None else cfg.start_weights)(lm, [ids])[0]
+    space = SPACES[cfg.space]
     if cfg.init == "random":
-        std = weight.float().std().item()
-        noise = torch.randn(cfg.mem_tokens, weight.shape[1], generator=generator) * std
-        return noise.to(weight.device)
-    cycled = [ids[i % len(ids)] for i in range(cfg.mem_tokens)]
-    return weight[torch.tensor(cycled, device=weight.device)].float().clone()
+        return space.random_start(lm, ids, cfg.mem_tokens, generator)
+    return space.tokens_start(lm, ids, cfg.mem_tokens)
 
 
 class OptimizerWriter:
