@@ -199,7 +199,9 @@ def foldoc(sources: Path) -> list[Entry]:
             p = re.sub(r"^<[^>]*>\s*", "", p)                 # <hardware> domain tag
             p = re.sub(r"^\(\d{4}-\d{2}-\d{2}\)$", "", p)      # (2000-11-22) last-updated date
             p = clean(re.sub(r"\[[^\]]*\?\]", "", _braces(p)))   # editor's queries: [Features?]
-            if not p or "://" in p or p.lower().startswith(("home", "see also", "e-mail", "mailing list")):
+            if (not re.search(r"\w", p) or "://" in p
+                    or p.lower().startswith(("home", "see also", "e-mail", "mailing list"))
+                    or re.fullmatch(r"(\S+ ){0,5}home\b\.?", p, re.I)):     # what was a link: "YouTube Home."
                 continue
             paras.append(p)
         if paras:
@@ -222,7 +224,7 @@ def jargon(sources: Path) -> list[Entry]:
                 continue
             skip_caption = False
             p = clean(_braces(p))
-            if p and "://" not in p:
+            if p and "://" not in p and "http:" not in p:      # the web edition breaks some URLs
                 paras.append(p)
         if paras:
             entries.append(Entry("jargon", hw.lower(), title, paras))
@@ -232,7 +234,7 @@ def jargon(sources: Path) -> list[Entry]:
 def devil(sources: Path) -> list[Entry]:
     entries = []
     for hw, body in dictd_entries(src_path(sources, "devil"), "devil"):
-        text = clean(_braces(body))
+        text = clean(re.sub(r"_([^_]+)_", r"\1", _braces(body)))     # _italics_
         if text:
             entries.append(Entry("devil", hw.lower(), clean(body.split(",")[0]), [text]))
     return entries
@@ -336,12 +338,13 @@ EXTRACTORS = {"factbook": factbook, "foldoc": foldoc, "jargon": jargon, "devil":
 
 # ---------------------------------------------------------------- passages
 
-def cut(entry: Entry, count, rng: random.Random) -> list[Passage]:
+def cut(entry: Entry, count) -> list[Passage]:
     """Whole entries up to POOL_MAX tokens; longer ones as runs of whole paragraphs.
 
     Dictionary and factbook passages start with the entry's title line; novel chapters are cut
     into runs of whole paragraphs with a budget drawn per run, so lengths spread over the range.
     """
+    rng = random.Random(f"{SEED}:{entry.source}:{entry.key}")    # per entry: edits elsewhere move nothing
     heading = entry.source != "austen" and entry.source != "devil"
     whole = (entry.title + "\n\n" if heading else "") + "\n\n".join(entry.paragraphs)
     if entry.source != "austen" and count(whole) <= POOL_MAX:
@@ -422,14 +425,13 @@ def project_grams() -> set[int]:
 
 
 def make_pool(sources: Path, count) -> tuple[list[Passage], dict[str, int]]:
-    rng = random.Random(SEED)
     stats: Counter[str] = Counter()
     pool: list[Passage] = []
     for name, extract in EXTRACTORS.items():
         ents = extract(sources)
         stats[f"{name} entries"] = len(ents)
         for e in ents:
-            for p in cut(e, count, rng):
+            for p in cut(e, count):
                 p.tokens = count(p.text)
                 if POOL_MIN <= p.tokens <= POOL_MAX:
                     pool.append(p)
@@ -501,12 +503,15 @@ def interleave(by_source: dict[str, list[Passage]], order: list[str]) -> list[Pa
     return out
 
 
+def draw_order(p: Passage) -> str:
+    """A seeded order per passage, so that adding or removing one passage moves no other."""
+    return hashlib.sha256(f"{SEED}:select:{p.id}".encode()).hexdigest()
+
+
 def select(pool: list[Passage]) -> dict[str, list[Passage]]:
-    rng = random.Random(SEED + ":select")
     sets: dict[str, list[Passage]] = {}
     for split in ("val", "test"):
-        cands = sorted((p for p in pool if p.split == split), key=lambda p: p.id)
-        rng.shuffle(cands)
+        cands = sorted((p for p in pool if p.split == split), key=draw_order)
         used_groups: set[str] = set()
         kv: list[Passage] = []
         for lo, hi in KV_BANDS:
@@ -535,8 +540,7 @@ def select(pool: list[Passage]) -> dict[str, list[Passage]]:
                 per_group[p.group] += 1
         sets[f"qa-{split}"] = qa
     train = sorted((p for p in pool if p.split == "train" and TRAIN_RANGE[0] <= p.tokens <= TRAIN_RANGE[1]),
-                   key=lambda p: p.id)
-    rng.shuffle(train)
+                   key=draw_order)
     quota = Counter(TRAIN_PER_SOURCE)
     sets["train"] = []
     for p in train:
