@@ -577,6 +577,8 @@ def render(sets: dict[str, list[Passage]], annotations: list[dict]) -> dict[str,
         name, p = by_id[a["passage"]]
         if not name.startswith("qa-"):
             raise ValueError(f"{a['passage']} is not a QA passage")
+        if a["answerable"] != bool(a["answers"]) or any(x.lower() not in p.text.lower() for x in a["answers"]):
+            raise ValueError(f"{a['passage']}: {a['question']!r}: answers must be spans, and none if unanswerable")
         counters[name] += 1
         qa_lines[name].append(json.dumps({
             "id": f"{name}-{counters[name]:04d}", "passage": p.id, "context": p.text,
