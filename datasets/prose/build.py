@@ -624,13 +624,45 @@ def length_stats(ps: list[Passage]) -> str:
             f"max={t[-1]} sources={dict(sorted(Counter(p.source for p in ps).items()))}")
 
 
+def max_cross_split_jaccard(sets: dict[str, list[Passage]]) -> float:
+    """The highest 5-word-shingle Jaccard between two committed passages of different splits."""
+    shingles = {p.id: {" ".join(w[i:i + 5]) for w in [words(p.text)] for i in range(len(w) - 4)}
+                for ps in sets.values() for p in ps}
+    split = {p.id: p.split for ps in sets.values() for p in ps}
+    index: defaultdict[str, list[str]] = defaultdict(list)
+    for pid, sh in shingles.items():
+        for g in sh:
+            index[g].append(pid)
+    best = 0.0
+    for pid, sh in shingles.items():
+        others = {o for g in sh for o in index[g] if split[o] != split[pid]}
+        for o in others:
+            best = max(best, len(sh & shingles[o]) / len(sh | shingles[o]))
+    return round(best, 3)
+
+
+def qa_stats(jsonl: str) -> str:
+    rows = [json.loads(line) for line in jsonl.splitlines() if line.strip()]
+    if not rows:
+        return "no questions"
+    un = sum(not r["answerable"] for r in rows)
+    return (f"{len(rows)} questions on {len({r['passage'] for r in rows})} passages, "
+            f"{un} unanswerable ({un / len(rows):.1%})")
+
+
 def build(sources: Path, write: bool) -> int:
     count = tokenizer_count()
     pool, stats = make_pool(sources, count)
     sets = select(pool)
     annotations = load_annotations()
     files = render(sets, annotations)
-    report = {"stats": stats, "sets": {k: length_stats(v) for k, v in sets.items()}}
+    report = {"stats": stats, "sets": {k: length_stats(v) for k, v in sets.items()},
+              "kv bands (100-199 / 200-499 / 500-1000 tokens)": {
+                  k: [sum(lo <= p.tokens < hi + (hi == 1000) for p in sets[k]) for lo, hi in KV_BANDS]
+                  for k in ("kv-val", "kv-test")},
+              "qa": {k: qa_stats(files[f"{k}.jsonl"]) for k in ("qa-val", "qa-test")},
+              "max 5-word-shingle Jaccard between committed passages of different splits":
+                  max_cross_split_jaccard(sets)}
     print(json.dumps(report, indent=1))
     if write:
         for name in ("kv-val", "kv-test"):
