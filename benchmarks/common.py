@@ -73,8 +73,9 @@ def exact_rebuilds(lm, written: list, chunk: int = 512) -> list[bool]:
 
     memories = torch.cat([mem.memory for _, mem, _ in written])
     lengths = [n for _, mem, _ in written for n in mem.header.tokens_per_segment]
+    space = written[0][1].header.space  # (one write configuration: one space)
     decoded = [seg for i in range(0, len(lengths), chunk)
-               for seg in reconstruct(lm, memories[i:i + chunk].to(lm.device), lengths[i:i + chunk])]
+               for seg in reconstruct(lm, memories[i:i + chunk].to(lm.device), lengths[i:i + chunk], space)]
     exact, start = [], 0
     for doc, mem, _ in written:
         count = mem.header.segments

@@ -340,6 +340,6 @@ def test_write_help_shows_every_model_default(run):
     import re
 
     text = re.sub(r"\s+", " ", run("write", "--help").out.replace("│", " "))
-    for shown in ("(default: adam;", "(default: cosine;", "(default: 8;",
+    for shown in ("(default: adam;", "(default: embed cosine, kv constant;", "(default: embed 8, kv 2;",
                   "(default: fitted where gradmem ships a start for the model and m (reconstruct only), else tokens;"):
         assert shown in text, shown
