@@ -60,6 +60,15 @@ def settings(pairs: list[str]) -> dict:
     return out
 
 
+def chosen(args: argparse.Namespace) -> list[Path]:
+    """The ``*.txt`` of ``--texts``, only those ``--names`` lists if given, at most ``--limit``."""
+    files = sorted(args.texts.glob("*.txt"))
+    if args.names:
+        keep = {line.strip() for line in args.names.read_text().splitlines() if line.strip() and not line.startswith("#")}
+        files = [f for f in files if f.stem in keep]
+    return files[: args.limit]
+
+
 def done_names(path: Path) -> set[str]:
     if not path.exists():
         return set()
@@ -90,8 +99,7 @@ def write(args: argparse.Namespace) -> None:
     lm = load_model(args.model, device=args.device, quiet=True)
     cfg = WriteConfig(**options).resolve(lm)
     done = done_names(args.out)
-    files = sorted(args.texts.glob("*.txt"))[: args.limit]
-    for path in files:
+    for path in chosen(args):
         if path.stem in done:
             continue
         doc = Document.from_text(path.stem, path.read_text())
@@ -135,7 +143,7 @@ def positions(args: argparse.Namespace) -> None:
     cfg = WriteConfig(**options).resolve(lm)
     kv = SPACES["kv"]
     done = done_names(args.out)
-    for path in sorted(args.texts.glob("*.txt"))[: args.limit]:
+    for path in chosen(args):
         if path.stem in done:
             continue
         doc = Document.from_text(path.stem, path.read_text())
@@ -192,6 +200,7 @@ def main() -> None:
         p.add_argument("--texts", type=Path, required=True)
         p.add_argument("--out", type=Path, required=True)
         p.add_argument("--limit", type=int, default=None)
+        p.add_argument("--names", type=Path, default=None, help="a file listing the passages (file stems) to use")
         p.add_argument("--model", default=None)
         p.add_argument("--device", default="cpu")
         p.add_argument("--threads", type=int, default=1)
