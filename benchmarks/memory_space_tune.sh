@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-OUT=benchmarks/results/memory_space/tune
+OUT=${OUT:-benchmarks/results/memory_space/tune}
 arm() { "$PY" benchmarks/memory_space.py write "$@" --texts datasets/prose/kv-val \
           --names benchmarks/kv-tuning-subset.txt --out "$OUT/$1.jsonl"; }
 lane1() {
