@@ -145,6 +145,13 @@ class Reader:
         self.memory = None if memory is None else memory.reshape(1, -1, memory.shape[-1])
         self.base: Context | None = self._read() if use_cache else None
 
+    @classmethod
+    def over(cls, lm: LoadedModel, ctx: Context) -> Reader:
+        """A reader of whatever ``ctx`` has read (a cache built elsewhere), kept for every prompt."""
+        reader = cls(lm, None, use_cache=False)
+        reader.base = ctx
+        return reader
+
     def _read(self, before: list[int] | None = None) -> Context:
         with torch.no_grad(), reading(self.lm):
             return self.space.context(self.lm, self.memory, before)
