@@ -7,7 +7,8 @@ Run from the repository root with the project's venv (the tokenizer is the defau
     .venv/bin/python datasets/prose/build.py check    # rebuild in memory, compare with the committed files
 
 Everything comes from the pinned packages below plus the hand-written questions in
-``qa-annotations.jsonl`` (one line per question, keyed by passage id). The split is a fixed, seeded
+``qa-annotations.jsonl`` and the training questions in ``qa-train/part*.jsonl`` (one line per question, keyed by
+passage id). The split is a fixed, seeded
 function of each passage's *group* (its source entry, joined with every entry it shares a rare 8-word
 run with, and with same-headword entries of the other computing dictionaries), so rerunning never
 moves a passage. README.md says the rule in words and gives the counts this script prints.
@@ -557,7 +558,18 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def render(sets: dict[str, list[Passage]], annotations: list[dict]) -> dict[str, str]:
+def _qa_line(qid: str, p: Passage, a: dict) -> str:
+    if a["answerable"] != bool(a["answers"]) or any(x.lower() not in p.text.lower() for x in a["answers"]):
+        raise ValueError(f"{a['passage']}: {a['question']!r}: answers must be spans, and none if unanswerable")
+    return json.dumps({
+        "id": qid, "passage": p.id, "context": p.text,
+        "question": a["question"], "answers": a["answers"] if a["answerable"] else [],
+        "answerable": a["answerable"], "source": f"{SOURCES[p.source][1]} {SOURCES[p.source][2]}: {p.title}",
+    }, ensure_ascii=False) + "\n"
+
+
+def render(sets: dict[str, list[Passage]], annotations: list[dict], train_annotations: list[dict]
+           ) -> dict[str, str]:
     """Every output file as {relative path: content}."""
     files: dict[str, str] = {}
     manifest = []
@@ -577,16 +589,17 @@ def render(sets: dict[str, list[Passage]], annotations: list[dict]) -> dict[str,
         name, p = by_id[a["passage"]]
         if not name.startswith("qa-"):
             raise ValueError(f"{a['passage']} is not a QA passage")
-        if a["answerable"] != bool(a["answers"]) or any(x.lower() not in p.text.lower() for x in a["answers"]):
-            raise ValueError(f"{a['passage']}: {a['question']!r}: answers must be spans, and none if unanswerable")
         counters[name] += 1
-        qa_lines[name].append(json.dumps({
-            "id": f"{name}-{counters[name]:04d}", "passage": p.id, "context": p.text,
-            "question": a["question"], "answers": a["answers"] if a["answerable"] else [],
-            "answerable": a["answerable"], "source": f"{SOURCES[p.source][1]} {SOURCES[p.source][2]}: {p.title}",
-        }, ensure_ascii=False) + "\n")
+        qa_lines[name].append(_qa_line(f"{name}-{counters[name]:04d}", p, a))
     for name, lines in qa_lines.items():
         files[f"{name}.jsonl"] = "".join(lines)
+    train = []
+    for a in train_annotations:  # training questions: on train-split passages only
+        name, p = by_id[a["passage"]]
+        if name != "train":
+            raise ValueError(f"{a['passage']} is not a train passage")
+        train.append(_qa_line(f"qa-train-{len(train) + 1:05d}", p, a))
+    files["qa-train.jsonl"] = "".join(train)
     annotated = {a["passage"] for a in annotations}
     for name, ps in sets.items():
         for p in ps:
@@ -609,11 +622,9 @@ def tokenizer_count():
     return lambda text: len(lm.tokenize(text))
 
 
-def load_annotations() -> list[dict]:
-    path = HERE / "qa-annotations.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def load_annotations(*paths: Path) -> list[dict]:
+    return [json.loads(line) for path in paths if path.exists()
+            for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def length_stats(ps: list[Passage]) -> str:
@@ -654,13 +665,14 @@ def build(sources: Path, write: bool) -> int:
     count = tokenizer_count()
     pool, stats = make_pool(sources, count)
     sets = select(pool)
-    annotations = load_annotations()
-    files = render(sets, annotations)
+    annotations = load_annotations(HERE / "qa-annotations.jsonl")
+    train_annotations = load_annotations(*sorted((HERE / "qa-train").glob("part*.jsonl")))
+    files = render(sets, annotations, train_annotations)
     report = {"stats": stats, "sets": {k: length_stats(v) for k, v in sets.items()},
               "kv bands (100-199 / 200-499 / 500-1000 tokens)": {
                   k: [sum(lo <= p.tokens < hi + (hi == 1000) for p in sets[k]) for lo, hi in KV_BANDS]
                   for k in ("kv-val", "kv-test")},
-              "qa": {k: qa_stats(files[f"{k}.jsonl"]) for k in ("qa-val", "qa-test")},
+              "qa": {k: qa_stats(files[f"{k}.jsonl"]) for k in ("qa-val", "qa-test", "qa-train")},
               "max 5-word-shingle Jaccard between committed passages of different splits":
                   max_cross_split_jaccard(sets)}
     print(json.dumps(report, indent=1))
