@@ -11,16 +11,12 @@ arm() { "$PY" benchmarks/memory_space.py write "$@" --texts datasets/prose/kv-va
 lane1() {
   arm kv-m2-s256-lr0.1 space=kv mem_tokens=2 segment_tokens=256 lr=0.1 schedule=constant
   arm kv-m1-s512-lr0.1 space=kv mem_tokens=1 segment_tokens=512 lr=0.1 schedule=constant
-  arm kv-m2-s256-lr0.05 space=kv mem_tokens=2 segment_tokens=256 lr=0.05 schedule=constant
   arm kv-m2-s256-pooled space=kv mem_tokens=2 segment_tokens=256 lr=0.1 schedule=constant init=pooled
-  arm kv-m2-s256-cosine50 space=kv mem_tokens=2 segment_tokens=256 lr=0.1 schedule=cosine cycle=50
 }
 lane2() {
   arm kv-m4-s128-lr0.1 space=kv mem_tokens=4 segment_tokens=128 lr=0.1 schedule=constant
   arm kv-m2-s128-lr0.1 space=kv mem_tokens=2 segment_tokens=128 lr=0.1 schedule=constant
   arm kv-m2-s256-lr0.2 space=kv mem_tokens=2 segment_tokens=256 lr=0.2 schedule=constant
-  arm kv-m2-s256-random space=kv mem_tokens=2 segment_tokens=256 lr=0.1 schedule=constant init=random
-  arm kv-m1-s1024-lr0.1 space=kv mem_tokens=1 segment_tokens=1024 lr=0.1 schedule=constant
 }
 lane1 > "$OUT.lane1.log" 2>&1 &
 lane2 > "$OUT.lane2.log" 2>&1 &
