@@ -16,11 +16,19 @@ original tasks: "before the kitchen" is asked only of an object that was in the 
 received the milk" only when one person ever did). Evaluation draws one question per story, as in
 BABILong's "0k" split; training uses them all. The vocabulary follows the original tasks; the
 stories are new random draws, not the original files.
+
+Splits are held apart twice over: each split draws its stories from its own random stream (``train``,
+``val``, ``test``), and asks only questions whose *entity combination* (the entities the question names,
+and its answer: "Where is Mary?" -> office pairs Mary with the office) belongs to that split, by a fixed
+hash of the combination: about 70 % of the combinations train, 15 % validate, 15 % test. A reader
+tested on ``test`` has never been trained to give that answer to that question.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,6 +47,8 @@ GIVE = ["gave", "handed", "passed"]
 OPPOSITE = {"north": "south", "south": "north", "east": "west", "west": "east"}
 
 Story = tuple[list[str], list[tuple[str, str]]]  # sentences, [(question, answer)] with one right answer each
+SPLITS = ("train", "val", "test")
+ENTITIES = frozenset(PEOPLE + GIVERS + PLACES + OBJECTS + list(OPPOSITE))
 
 
 class _World:
@@ -173,30 +183,46 @@ VARIANTS: dict[str, Callable[[random.Random], Story | None]] = {
 }
 
 
-def story(task: str, rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
-    """One story of a bAbI task: its text and every (question, answer) it answers unambiguously."""
+def combination(question: str, answer: str) -> tuple[str, ...]:
+    """The entities a question names, in order, then its answer."""
+    return (*(w for w in re.findall(r"\w+", question) if w in ENTITIES), answer)
+
+
+def split_of(question: str, answer: str) -> str:
+    """The split a question belongs to, by a fixed hash of its entity combination (70/15/15)."""
+    value = int(hashlib.sha256("|".join(combination(question, answer)).encode()).hexdigest()[:8], 16) / 16 ** 8
+    return "train" if value < 0.7 else "val" if value < 0.85 else "test"
+
+
+def story(task: str, rng: random.Random, split: str) -> tuple[str, list[tuple[str, str]]]:
+    """One story of a bAbI task: its text and every (question, answer) of ``split`` it answers
+    unambiguously (stories with none are drawn again)."""
     make = VARIANTS[task]
     while True:
         drawn = make(rng)
-        if drawn is not None and drawn[1]:
+        if drawn is not None:
             sentences, questions = drawn
-            return " ".join(sentences), questions
+            questions = [(q, a) for q, a in questions if split_of(q, a) == split]
+            if questions:
+                return " ".join(sentences), questions
 
 
-def stories(task: str, count: int, seed: int, split: str = "eval") -> list[tuple[str, list[tuple[str, str]]]]:
-    """``count`` stories, reproducible from ``seed``; ``split`` names a separate random stream, so
-    the ``train`` stories are drawn independently of the ``eval`` ones for the same seed."""
+def stories(task: str, count: int, seed: int, split: str = "test") -> list[tuple[str, list[tuple[str, str]]]]:
+    """``count`` stories of ``split`` (its own random stream and its entity combinations), reproducible
+    from ``seed``."""
     if task not in VARIANTS:
         raise ValueError(f"unknown bAbI task '{task}' (use {', '.join(VARIANTS)})")
-    rng = random.Random(f"babi-{task}-{seed}" if split == "eval" else f"babi-{split}-{task}-{seed}")
-    return [story(task, rng) for _ in range(count)]
+    if split not in SPLITS:
+        raise ValueError(f"unknown bAbI split '{split}' (use {', '.join(SPLITS)})")
+    rng = random.Random(f"babi-{split}-{task}-{seed}")
+    return [story(task, rng, split) for _ in range(count)]
 
 
-def dataset(task: str, count: int, seed: int) -> list[dict[str, object]]:
-    """``count`` evaluation examples, one question per story (drawn among the story's questions)."""
-    rng = random.Random(f"babi-question-{task}-{seed}")
+def dataset(task: str, count: int, seed: int, split: str = "test") -> list[dict[str, object]]:
+    """``count`` evaluation examples of ``split``, one question per story (drawn among the story's questions)."""
+    rng = random.Random(f"babi-question-{split}-{task}-{seed}")
     out = []
-    for context, questions in stories(task, count, seed):
+    for context, questions in stories(task, count, seed, split):
         question, answer = questions[rng.randrange(len(questions))]
         out.append({"context": context, "question": question, "answers": [answer]})
     return out
@@ -212,14 +238,17 @@ class Babi(QA):
             return super().examples(data, limit, seed, options)
         if options.variant not in VARIANTS:
             raise GradmemError(f"unknown bAbI task '{options.variant}' (use {', '.join(VARIANTS)})")
-        items = dataset(options.variant, limit or DEFAULT_LIMIT, seed)
+        if options.split not in SPLITS:
+            raise GradmemError(f"unknown bAbI split '{options.split}' (use {', '.join(SPLITS)})")
+        items = dataset(options.variant, limit or DEFAULT_LIMIT, seed, options.split)
         return Dataset([Example(f"{options.variant}-{i}", str(r["context"]), str(r["question"]), list(r["answers"]))
-                        for i, r in enumerate(items)], {"generator": "babi", "task": options.variant, "seed": seed})
+                        for i, r in enumerate(items)],
+                       {"generator": "babi", "task": options.variant, "split": options.split, "seed": seed})
 
     def train_example(self, rng: random.Random, options: Options) -> Example:
-        """A story from ``rng`` and one of its questions (``gradmem train`` draws a fresh one per row)."""
+        """A training story from ``rng`` and one of its questions (``gradmem train`` draws a fresh one per row)."""
         if options.variant not in VARIANTS:
             raise GradmemError(f"unknown bAbI task '{options.variant}' (use {', '.join(VARIANTS)})")
-        context, questions = story(options.variant, rng)
+        context, questions = story(options.variant, rng, "train")
         question, answer = questions[rng.randrange(len(questions))]
         return Example("", context, question, [answer])

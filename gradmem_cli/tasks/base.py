@@ -55,6 +55,7 @@ class Options:
 
     pairs: int = 8  # kv: key-value pairs per generated context
     variant: str = "qa1"  # babi: which task, qa1..qa5
+    split: str = "test"  # babi: which split's stories and questions (train, val, test)
 
 
 def read_jsonl(path: Path) -> list[tuple[str, dict]]:
