@@ -6,12 +6,13 @@ is switched on only while reading (:mod:`~gradmem_cli.lm.adapter`) is then train
 ``[memory; question] -> answer``, with the loss on the answer tokens (and the end of the turn)
 alone. Writing is unchanged, so the reader reads every ``.gmem`` of its base model.
 
-Two tasks. ``babi``: held-out stories are the ones ``gradmem eval babi --task QA --seed EVAL_SEED``
-draws (the same examples, one question each); training stories come from a separate stream (every
-question a story answers). ``qa``: passages with questions from a JSONL (``gradmem self-study``
-writes one from your own texts), held out on ``gradmem eval qa``'s set (the shipped SQuAD-mini
-unless ``eval_data`` names another). Either way a training context that shares an 8-word run with
-a held-out one is dropped.
+Checkpoints are chosen on validation data only; the test split is reported once, by ``gradmem eval``.
+Two tasks. ``babi``: the validation stories are the ones ``gradmem eval babi --task QA --split val --seed
+EVAL_SEED`` draws (the same examples, one question each); training stories come from the train split (its
+own stream and entity combinations, every question a story answers). ``qa``: passages with questions from
+a JSONL (``gradmem self-study`` writes one from your own texts), validated on ``eval_data`` (the shipped
+SQuAD-mini unless it names another). Either way a training context that shares an 8-word run with a
+validation one is dropped.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def held_out(cfg: ReaderTrainConfig) -> list[Row]:
         data = Path(cfg.eval_data) if cfg.eval_data else None
         return [Row(ex, "qa") for ex in task.load(data, cfg.eval_stories, cfg.eval_seed).examples]
     return [Row(ex, v) for v in cfg.variants
-            for ex in task.load(None, cfg.eval_stories, cfg.eval_seed, Options(variant=v)).examples]
+            for ex in task.load(None, cfg.eval_stories, cfg.eval_seed, Options(variant=v, split="val")).examples]
 
 
 def training_rows(cfg: ReaderTrainConfig, held: list[Row]) -> tuple[list[Row], int]:
