@@ -174,3 +174,39 @@ def test_a_reader_refuses_memories_of_another_space(tiny_model, tmp_path, run):
                                             training={"space": "embed"}))
     with pytest.raises(GradmemError, match="trained on embed memories"):
         engine.open_reader(lm, memfile.load(out))
+
+
+@pytest.mark.parametrize("method", ["kv-last", "kv-snap"])
+def test_forward_only_baselines_keep_the_texts_own_cache(tiny_chat_model, method):
+    """Keeping every position is reading the whole text (then the separator); keeping fewer keeps exactly
+    those keys and values, at their own positions, and what follows sits after the whole text."""
+    from gradmem_cli.evaluation.baselines import KEEPERS, kept_context
+
+    lm = load_model(tiny_chat_model, device="cpu")
+    ids = lm.tokenize(TEXT)
+    lead = SPACES["kv"].lead_ids(lm)
+    with torch.no_grad():
+        whole = lm.model(input_ids=torch.tensor([lm.prefix_ids + ids + lead])).logits[:, -1]
+    torch.testing.assert_close(kept_context(lm, ids, len(ids), method).logits, whole, atol=1e-4, rtol=1e-4)
+    full, chosen = KEEPERS[method](lm, ids, 3)
+    ctx = kept_context(lm, ids, 3, method)
+    prefix = len(lm.prefix_ids)
+    assert ctx.length == prefix + 3 + len(lead) and ctx.position == prefix + len(ids) + len(lead)
+    for layer, (entry, kept) in enumerate(zip(full.cache.layers, ctx.cache.layers)):
+        for head in range(entry.keys.shape[1]):
+            rows = prefix + chosen[layer, head]
+            torch.testing.assert_close(kept.keys[0, head, prefix:prefix + 3], entry.keys[0, head, rows])
+    if method == "kv-last":
+        assert chosen[0, 0].tolist() == [len(ids) - 3, len(ids) - 2, len(ids) - 1]
+
+
+def test_eval_scores_the_baselines_at_the_memorys_size(run, tiny_model, tmp_path):
+    data = tmp_path / "texts"
+    data.mkdir()
+    (data / "a.txt").write_text(TEXT)
+    result = run("eval", "recon", "--data", data, "-m", tiny_model, *KV, "--json",
+                 "--conditions", "memory,kv-last,kv-snap")
+    assert result.code == 0, result.err
+    metrics = json.loads(result.out)["metrics"]
+    assert metrics["kv_last"]["kept_positions"] == metrics["kv_snap"]["kept_positions"] == 2  # one segment, m = 2
+    assert metrics["memory"]["exact"] == 1.0

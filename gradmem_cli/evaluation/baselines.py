@@ -48,11 +48,13 @@ def _attention_scores(lm: LoadedModel, ids: list[int]) -> tuple[Context, torch.T
         grouped = weights.sum(1).reshape(kv_heads, heads // kv_heads, -1).sum(1)
         scores.append(torch.nn.functional.max_pool1d(grouped[None], POOL, 1, POOL // 2)[0])
 
+    ctx = cache.start(lm)  # (the prefix first: only the text's own forward pass is scored)
     previous = lm.model.config._attn_implementation
     lm.model.set_attn_implementation("eager")  # the only one that returns attention weights
     hooks = [m.register_forward_hook(keep_scores) for m in attentions]
     try:
-        ctx = _read(lm, ids)
+        with torch.no_grad():
+            cache.extend(lm, ctx, torch.tensor([ids], device=lm.device), keep=1)
     finally:
         for hook in hooks:
             hook.remove()

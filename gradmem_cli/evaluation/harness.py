@@ -9,6 +9,9 @@ Conditions, all with the same frozen model and prompt format:
 - ``via-text`` (on request): the text is first rebuilt from memory by greedy decoding, then put in
   the prompt like the full context; exact where the memory rebuilds exactly, at the cost of
   decoding the whole text for every question.
+- ``kv-last``, ``kv-snap`` (on request): forward-only baselines at the memory's size
+  (:mod:`~gradmem_cli.evaluation.baselines`): as many positions of the text's own KV cache as the memory
+  would have slots (segments x m under the write settings), kept instead of written.
 
 ``gap_closed = (memory - no_context) / (full_context - no_context)`` on the task's main metric.
 """
@@ -22,17 +25,20 @@ from typing import Any
 
 from gradmem_cli import engine
 from gradmem_cli.errors import UsageError
+from gradmem_cli.evaluation.baselines import KEEPERS, kept_context
 from gradmem_cli.evaluation.metrics import f1, mean
 from gradmem_cli.lm.generate import MEMORY_SLOT, Reader
+from gradmem_cli.lm.spaces import SPACES
 from gradmem_cli.lm.loading import LoadedModel
-from gradmem_cli.memory.documents import Document
+from gradmem_cli.memory.documents import Document, split_segments
 from gradmem_cli.memory.store import MemoryStore
 from gradmem_cli.tasks.base import Dataset, Task
 from gradmem_cli.writers.config import ResolvedWrite
 
-CONDITIONS = ("memory", "via-text", "no-context", "full-context")
+CONDITIONS = ("memory", "via-text", "kv-last", "kv-snap", "no-context", "full-context")
 DEFAULT_CONDITIONS = ("memory", "no-context", "full-context")
 WRITTEN = ("memory", "via-text")  # conditions that write the context into memory first
+KEPT = tuple(KEEPERS)  # conditions that keep part of the context's own KV cache
 
 
 @dataclass
@@ -132,9 +138,31 @@ class _Run:
                 if not self.reused:
                     sc["write_wall_seconds_per_example"] = self.write_wall_seconds / len(self.examples)
 
+    def kept(self, cfg: ResolvedWrite) -> None:
+        """kv-last and kv-snap: each context read once, as many of its positions kept as its memory would
+        have slots, then every question on it answered after them."""
+        for condition in (c for c in KEPT if c in self.conditions):
+            refusal = SPACES["kv"].refusal(self.lm)
+            if refusal:
+                raise UsageError(f"--conditions {condition}: '{self.lm.spec}' has no plain KV cache to keep: {refusal}")
+            self.scores[condition] = [{} for _ in self.examples]
+            done = 0
+            for context in dict.fromkeys(ex.context for ex in self.examples):
+                ids = self.lm.tokenize(context)
+                slots = len(split_segments(ids, cfg.segment_tokens)) * cfg.mem_tokens
+                reader = Reader.over(self.lm, kept_context(self.lm, ids, slots, condition))
+                for i, ex in enumerate(self.examples):
+                    if ex.context == context:
+                        start = time.perf_counter()
+                        out, sc = self.task.respond(self.lm, reader, ex, None, None, self.budget)
+                        self._keep(condition, i, out, {**sc, "kept_positions": float(slots),
+                                                       "read_seconds": time.perf_counter() - start})
+                        done += 1
+                self._progress(condition, done)
+
     def plain_conditions(self) -> None:
         """no-context and full-context: the same model without memory."""
-        for condition in (c for c in CONDITIONS if c in self.conditions and c not in WRITTEN):
+        for condition in (c for c in CONDITIONS if c in self.conditions and c not in WRITTEN + KEPT):
             self.scores[condition] = [{} for _ in self.examples]
             for i, ex in enumerate(self.examples):
                 start = time.perf_counter()
@@ -169,8 +197,9 @@ class _Run:
         result = {"task": self.task.name, "n": len(self.examples), "main_metric": main, "metrics": metrics,
                   "gap_closed": gap_closed(metrics, main),
                   "intervals": bootstrap_intervals(per_example, main)}
-        if "via_text" in metrics:
-            result["gap_closed_via_text"] = gap_closed(metrics, main, "via_text")
+        for condition in ("via_text", *(key(c) for c in KEPT)):
+            if condition in metrics:
+                result[f"gap_closed_{condition}"] = gap_closed(metrics, main, condition)
         return result
 
 
@@ -224,6 +253,7 @@ def evaluate(
     run = _Run(lm, task, dataset, opts, on_progress)
     if any(c in opts.conditions for c in WRITTEN):
         run.written(cfg, store)
+    run.kept(cfg)
     run.plain_conditions()
     run.agreement_with_full_context()
     if on_sample:
