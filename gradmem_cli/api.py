@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from gradmem_cli import engine
-from gradmem_cli.errors import GradmemError, UsageError
+from gradmem_cli.errors import GradmemError, UsageError, shown
 from gradmem_cli.lm import adapter
 from gradmem_cli.lm.generate import Answer
 from gradmem_cli.lm.loading import LoadedModel, load_model
 from gradmem_cli.memory import memfile
 from gradmem_cli.memory.documents import Document
 from gradmem_cli.memory.memfile import MemoryFile
-from gradmem_cli.memory.outputs import claim_outputs
+from gradmem_cli.memory.outputs import GMEM, claim
 from gradmem_cli.writers.config import WriteConfig
 from gradmem_cli.writers.fitting import FitConfig
 
@@ -53,16 +53,15 @@ class Memory:
 
     def save(self, path: str | Path, force: bool = False) -> Path:
         """Save as a ``.gmem``; an existing ``.gmem`` is replaced only with ``force``, any other file never."""
-        path = Path(path)
-        (state,) = claim_outputs([], [path], force)
-        memfile.save(path, self.file.memory, self.file.header, expected=state)
-        self.file.path = path
-        return path
+        claimed = claim(path, GMEM, force=force)
+        memfile.save(claimed.path, self.file.memory, self.file.header, expected=claimed.state)
+        self.file.path = Path(path)
+        return Path(path)
 
     def __repr__(self) -> str:
         h = self.header
-        return (f"Memory({h.source['tokens']} tokens of {h.source['name']!r} in {h.segments}x{h.mem_tokens} vectors, "
-                f"model {h.model_id!r})")
+        return (f"Memory({h.source['tokens']} tokens of {shown(h.source['name'])!r} in {h.segments}x{h.mem_tokens} "
+                f"vectors, model {shown(h.model_id)!r})")
 
 
 def load_memory(path: str | Path) -> Memory:

@@ -17,12 +17,13 @@ from typing import Any
 import torch
 
 from gradmem_cli import __version__
-from gradmem_cli.errors import GradmemError
+from gradmem_cli.errors import GradmemError, shown
 from gradmem_cli.lm import adapter
 from gradmem_cli.lm.fingerprint import Fingerprint, kv_bytes_per_token, model_shape
-from gradmem_cli.lm.generate import Answer, Reader, reconstruct, with_context
+from gradmem_cli.lm.generate import Answer, Reader, prompt_ids, reconstruct, with_context
 from gradmem_cli.lm.loading import ALIASES, ConfigMismatch, LoadedModel, load_model
 from gradmem_cli.lm.spaces import SPACES
+from gradmem_cli.lm.window import check_room
 from gradmem_cli.memory.documents import Document, split_segments
 from gradmem_cli.memory.memfile import MemoryFile, MemoryHeader
 from gradmem_cli.writers.base import SegmentResult, StepStats, Writer
@@ -166,7 +167,7 @@ def fit_start_file(lm: LoadedModel, docs: list[Document], output: Path, write: W
     """Fit a start (:mod:`writers.start`) for ``lm`` on ``docs``, split into segments as ``write``
     splits them, and save it to ``output`` with a record of what it was fitted on. An existing
     ``output`` is replaced only if it is a start file and ``force`` is set (checked before the fit)."""
-    state = claim_start_output(output, force)
+    claimed = claim_start_output(output, force, [d.path for d in docs if d.path is not None])
     cfg = write.resolve(lm)
     segments = [seg for doc in docs for seg in split_segments(lm.tokenize(doc.text), cfg.segment_tokens) if seg]
     start = fit_start(lm, segments, cfg, fit, on_step)
@@ -175,7 +176,7 @@ def fit_start_file(lm: LoadedModel, docs: list[Document], output: Path, write: W
               "sources": [{"name": d.path.name if d.path else d.name, "sha256": d.sha256} for d in docs],
               "command": command, "gradmem_version": __version__,
               "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    save_start(output, start, lm, record, expected=state)
+    save_start(claimed.path, start, lm, record, expected=claimed.state)
     return {k: v for k, v in record.items() if k != "sources"}
 
 
@@ -196,8 +197,8 @@ def reader_model_spec(memfile: MemoryFile, model: str | None) -> str:
     if named in ALIASES or named == os.environ.get("GRADMEM_MODEL"):
         return named
     raise GradmemError(
-        f"{memfile.path or 'this memory'} was written with the model '{named}', which gradmem does not load "
-        f"on a file's word (only built-in aliases and $GRADMEM_MODEL): pass --model '{named}' if you trust it"
+        f"{memfile.path or 'this memory'} was written with the model '{shown(named)}', which gradmem does not load "
+        f"on a file's word (only built-in aliases and $GRADMEM_MODEL): pass --model '{shown(named)}' if you trust it"
     )
 
 
@@ -212,7 +213,7 @@ def load_reader_model(memfile: MemoryFile, model: str | None, device: str = "aut
         lm = load_model(spec, device=device, dtype=dtype or header.dtype, quiet=quiet,
                         expect_config=header.model_fingerprint["config"])
     except ConfigMismatch as exc:
-        raise GradmemError(f"model mismatch: {memfile.path or 'this memory'} was written with '{header.model_id}', "
+        raise GradmemError(f"model mismatch: {memfile.path or 'this memory'} was written with '{shown(header.model_id)}', "
                            f"not '{spec}', which has {exc.reason}") from None
     check_model(lm, memfile)
     if reader is not None:
@@ -231,7 +232,7 @@ def check_model(lm: LoadedModel, memfile: MemoryFile) -> None:
         reason = "hidden size differs"
     if reason:
         raise GradmemError(
-            f"model mismatch: {name} was written with '{header.model_id}' ({stored.short}), "
+            f"model mismatch: {name} was written with '{shown(header.model_id)}' ({stored.short}), "
             f"not '{lm.spec}' ({lm.fingerprint.short}): {reason}"
         )
     space = SPACES[header.space]
@@ -278,9 +279,17 @@ class Asker:
     context: str | None = None  # the rebuilt text (via text)
     rebuild_seconds: float | None = None
 
+    def _prompt(self, question: str) -> str:
+        return question if self.context is None else with_context(self.context, question)
+
+    def check(self, question: str, max_new_tokens: int = 128) -> None:
+        """Refuse a question the window cannot hold after the memory with room for the answer."""
+        lm = self.reader.lm
+        check_room(lm.window, self.reader.occupied, len(prompt_ids(lm, self._prompt(question))), max_new_tokens)
+
     def answer(self, question: str, **generation: Any) -> Answer:
-        prompt = question if self.context is None else with_context(self.context, question)
-        return self.reader.answer(prompt, **generation)
+        self.check(question, generation.get("max_new_tokens", 128))
+        return self.reader.answer(self._prompt(question), **generation)
 
 
 VIAS = ("memory", "text", "none")

@@ -9,6 +9,8 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,11 +109,20 @@ def _wait_released(tensor: torch.Tensor, timeout: float = 10.0) -> None:
 
 
 class StopFlag:
-    """SIGTERM/SIGINT ask the loop to checkpoint and stop after the current step."""
+    """SIGTERM/SIGINT ask the loop to checkpoint and stop after the current step; ``reason`` says which
+    (``terminated`` or ``interrupted``, what the CLI turns into exit code 143 or 130)."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signal: int | None = None
         self._old: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    @property
+    def reason(self) -> str:
+        return "terminated" if self.signal == signal.SIGTERM else "interrupted"
 
     def __enter__(self) -> StopFlag:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -122,7 +133,7 @@ class StopFlag:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        self.signal = signum
 
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
@@ -154,16 +165,71 @@ class WriteItem:
 
 _WORKER: dict[str, Any] = {}
 REPORT_TIMEOUT_S = 60.0  # a finished worker's reports are already in the pipe; this only guards a hang
+ORPHAN_GRACE_S = 3.0  # after its parent is gone, a worker unwinds (no partial file) or is ended this much later
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _start_worker(job: WriteJob, events: Any) -> None:
-    from gradmem_cli.lm.loading import load_model
-    from gradmem_cli.writers.config import WriteConfig
+def _silence() -> None:
+    """Nobody is left to read this worker's stderr (its parent is gone): nothing more is printed."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
 
-    events.put(("pid", os.getpid()))
-    torch.set_num_threads(job.threads)
-    lm = load_model(job.model, device=job.device, dtype=job.dtype, quiet=True)
-    _WORKER.update(lm=lm, cfg=WriteConfig(**job.options).resolve(lm), events=events)
+
+def _stop_worker(signum: int, frame: Any) -> None:
+    """SIGINT or SIGTERM (from the parent, from Ctrl-C, or for the parent's death): unwind quietly. The
+    atomic save removes a half-written file on the way out; a SystemExit prints no traceback."""
+    if os.getppid() != _WORKER.get("parent"):
+        _silence()
+    if "events" in _WORKER:  # exit without waiting to flush progress nobody reads any more
+        _WORKER["events"].cancel_join_thread()
+    raise SystemExit(128 + signum)
+
+
+def _watch_parent(parent_end: Any) -> None:
+    """Block on the pipe the parent holds open; it closes when the parent ends, however it ends."""
+    try:
+        parent_end.recv()  # nothing is ever sent
+    except (EOFError, OSError):
+        pass
+    _silence()
+    os.kill(os.getpid(), signal.SIGTERM)  # unwind as a stop does
+    time.sleep(ORPHAN_GRACE_S)
+    os._exit(1)
+
+
+def _die_with_parent(parent: int, parent_end: Any) -> None:
+    """Make this worker end with its parent whatever ends the parent (SIGKILL too): on Linux the kernel
+    sends SIGTERM when the parent dies (checked against os.getppid(): the parent may have died before
+    this line); everywhere, a thread watches a pipe that only the parent holds open."""
+    _WORKER["parent"] = parent
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_end,), daemon=True).start()
+
+
+def _start_worker(job: WriteJob, events: Any, parent: int, parent_end: Any) -> None:
+    """A worker's start: stop signals handled quietly, tied to its parent, the model loaded. A failure is
+    kept for the first document (the parent reports it in one line); a stop meanwhile just exits."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop_worker)
+    _die_with_parent(parent, parent_end)
+    try:
+        from gradmem_cli.lm.loading import load_model
+        from gradmem_cli.writers.config import WriteConfig
+
+        events.put(("pid", os.getpid()))
+        torch.set_num_threads(job.threads)
+        lm = load_model(job.model, device=job.device, dtype=job.dtype, quiet=True)
+        _WORKER.update(lm=lm, cfg=WriteConfig(**job.options).resolve(lm), events=events)
+    except SystemExit as exc:  # stopped while starting: the pool would log a traceback for it
+        os._exit(exc.code if isinstance(exc.code, int) else 1)
+    except Exception as exc:  # handed to the parent with the first document, which it fails in one line
+        _WORKER["error"] = exc
 
 
 def _write_items(items: list[WriteItem]) -> None:
@@ -172,6 +238,8 @@ def _write_items(items: list[WriteItem]) -> None:
     from gradmem_cli.memory import memfile
     from gradmem_cli.memory.documents import read_document
 
+    if "error" in _WORKER:
+        raise _WORKER["error"]
     lm, cfg, events = _WORKER["lm"], _WORKER["cfg"], _WORKER["events"]
     docs = [read_document(Path(item.source)) for item in items]
     by_doc = {id(doc): item for doc, item in zip(docs, items)}
@@ -186,6 +254,21 @@ def _write_items(items: list[WriteItem]) -> None:
         events.put(("done", report.to_dict()))
 
 
+def _start_quiet_tracker() -> None:
+    """Start multiprocessing's resource tracker (the helper process its queues need) with stderr on
+    /dev/null: when this process is killed, it would warn about the semaphores left behind."""
+    from multiprocessing import resource_tracker
+
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        resource_tracker.ensure_running()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def write_in_workers(items: list[WriteItem], job: WriteJob, workers: int,
                      on_event: Callable[[tuple], None]) -> None:
     """Write ``items`` on ``workers`` processes (each loads the model once and takes every
@@ -196,7 +279,9 @@ def write_in_workers(items: list[WriteItem], job: WriteJob, workers: int,
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = mp.get_context("spawn")  # a fresh interpreter: no torch threads or locks inherited
+    _start_quiet_tracker()
     events = ctx.Queue()
+    watched, held = ctx.Pipe(duplex=False)  # the workers watch one end; only this process holds the other
     pids: list[int] = []
     reported = 0
 
@@ -208,7 +293,8 @@ def write_in_workers(items: list[WriteItem], job: WriteJob, workers: int,
         reported += event[0] == "done"
         on_event(event)
 
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker, initargs=(job, events))
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker,
+                               initargs=(job, events, os.getpid(), watched))
     finished = False
     try:
         pending = {pool.submit(_write_items, items[i::workers]) for i in range(workers) if items[i::workers]}
@@ -224,13 +310,17 @@ def write_in_workers(items: list[WriteItem], job: WriteJob, workers: int,
         _drain(events, handle)
         finished = True
     finally:
-        if not finished:  # an error or an interrupt: stop the others as Ctrl-C would (no half-written file)
+        if not finished:  # an error or an interrupt: stop the workers as Ctrl-C would (no half-written file)
+            held.close()  # every worker watches this pipe, also one still starting up that no pid names yet
+            _drain(events, lambda event: pids.append(event[1]) if event[0] == "pid" else None)
             for pid in pids:
                 try:
                     os.kill(pid, signal.SIGINT)
                 except ProcessLookupError:
                     pass
         pool.shutdown(wait=True, cancel_futures=True)
+        held.close()
+        watched.close()
 
 
 def _drain(events: Any, handle: Callable[[tuple], None]) -> None:

@@ -63,6 +63,7 @@ def build_tiny_model(folder: Path, bos: bool, chat: bool, seed: int = 0, hidden:
 
 # Write settings that solve short texts on the tiny models in well under a second.
 FAST = ["--lr", "0.3", "--steps", "300"]
+TEXT = "Mira Okafor keeps the old lighthouse on Gull Point."
 
 
 @pytest.fixture(scope="session")
@@ -120,3 +121,29 @@ def invoke(*args: str, stdin: str | bytes | None = None) -> Result:
 def run():
     """The CLI runner (a fixture so tests ask for it like the other fixtures)."""
     return invoke
+
+
+@pytest.fixture
+def doc(tmp_path):
+    """A short text file."""
+    path = tmp_path / "doc.txt"
+    path.write_text(TEXT)
+    return path
+
+
+@pytest.fixture
+def written(run, doc, tiny_model, tmp_path):
+    """The .gmem of ``doc`` on the tiny model."""
+    out = tmp_path / "doc.gmem"
+    result = run("write", doc, "-o", out, "-m", tiny_model, *FAST, "--quiet")
+    assert result.code == 0, result.err
+    return out
+
+
+def one_line_error(result: Result, code: int = 1) -> str:
+    """The one ``error:`` line a bad input gets (exit ``code``, no traceback)."""
+    assert result.code == code, (result.code, result.out, result.err)
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
+    assert "Traceback" not in result.err
+    return lines[0]

@@ -8,33 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import FAST
+from conftest import FAST, TEXT, one_line_error as _one_line_error
 from gradmem_cli.memory import memfile
 
-TEXT = "Mira Okafor keeps the old lighthouse on Gull Point."
-
-
-@pytest.fixture
-def doc(tmp_path):
-    path = tmp_path / "doc.txt"
-    path.write_text(TEXT)
-    return path
-
-
-@pytest.fixture
-def written(run, doc, tiny_model, tmp_path):
-    out = tmp_path / "doc.gmem"
-    result = run("write", doc, "-o", out, "-m", tiny_model, *FAST, "--quiet")
-    assert result.code == 0, result.err
-    return out
-
-
-def _one_line_error(result, code=1):
-    assert result.code == code, (result.code, result.err)
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
-    assert "Traceback" not in result.err
-    return lines[0]
 
 
 def test_write_json_and_file(run, doc, tiny_model, tmp_path):

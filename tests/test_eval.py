@@ -112,7 +112,7 @@ def test_tiny_eval_end_to_end(run, tiny_chat_model, tmp_path):
     assert mem["write_steps"] > 0
     cfg = res["config"]
     assert cfg["write"]["lr"] == 0.3 and cfg["seed"] == 0 and cfg["model_fingerprint"]["config"]
-    assert json.loads(output.read_text()) == res
+    assert json.loads(output.read_text()) == {"format": "gradmem.eval-result", **res}
     lines = [json.loads(x) for x in samples.read_text().splitlines()]
     assert len(lines) == 2 and {"memory", "no_context", "full_context", "question", "answers"} <= set(lines[0])
     # f1_to_full_context is each memory answer's F1 against the same example's full-context answer.
@@ -124,7 +124,8 @@ def test_tiny_eval_end_to_end(run, tiny_chat_model, tmp_path):
     accuracies = [x["memory"]["write_accuracy"] for x in lines]
     assert mem["write_accuracy"] == pytest.approx(sum(accuracies) / 2) and all(0 < a <= 1 for a in accuracies)
     assert res["intervals"]["memory"]["f1"][0] <= mem["f1"] <= res["intervals"]["memory"]["f1"][1]
-    again = json.loads(run(*args).out)
+    assert "already exists (use --force" in run(*args).err  # the result files of the first run
+    again = json.loads(run(*args, "--force").out)
     for c in res["metrics"]:  # same seed, same numbers (timings aside)
         for k, v in res["metrics"][c].items():
             if "seconds" not in k:

@@ -9,31 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import FAST
+from conftest import FAST, TEXT, one_line_error as _one_line_error
 from gradmem_cli.memory import memfile
 
-TEXT = "Mira Okafor keeps the old lighthouse on Gull Point."
-
-
-def _one_line_error(result, code=1):
-    assert result.code == code, (result.code, result.out, result.err)
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
-    return lines[0]
-
-
-@pytest.fixture
-def doc(tmp_path):
-    path = tmp_path / "doc.txt"
-    path.write_text(TEXT)
-    return path
-
-
-@pytest.fixture
-def written(run, doc, tiny_model, tmp_path):
-    out = tmp_path / "doc.gmem"
-    assert run("write", doc, "-o", out, "-m", tiny_model, *FAST, "-q").code == 0
-    return out
 
 
 # --- 1. a .gmem never makes gradmem run code or load a model the user did not choose -------------------

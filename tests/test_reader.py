@@ -55,7 +55,7 @@ def test_resume_continues_exactly(trained, tmp_path, run):
     shutil.rmtree(resumed / "checkpoints" / sorted(p.name for p in (resumed / "checkpoints").iterdir())[-1])
     (resumed / "latest").write_text("step-00000003\n")
     out_args = [a if not a.startswith("out=") else f"out={resumed}" for a in args]
-    assert run(*out_args, "--set", "max_steps=6").code == 0
+    assert run(*out_args, "--set", "max_steps=6", "--resume").code == 0
     from safetensors.torch import load_file
 
     a = load_file(str(source / "checkpoints" / "step-00000006" / "model" / adapter.READER_WEIGHTS))

@@ -71,7 +71,7 @@ def test_self_study_cli_refuses_bad_input_before_loading(run, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text(FERRY)
     result = run("self-study", text, "-o", tmp_path / "missing" / "qa.jsonl", "-m", "/nonexistent")
-    assert result.code == 1 and "does not exist" in result.err
+    assert result.code == 1 and "no such folder" in result.err
     (tmp_path / "tiny.txt").write_text("Too short to ask about.")
     result = run("self-study", tmp_path / "tiny.txt", "-o", tmp_path / "qa.jsonl", "-m", "/nonexistent")
     assert result.code == 1 and "no passage" in result.err and not (tmp_path / "qa.jsonl").exists()

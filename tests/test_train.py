@@ -12,7 +12,7 @@ from gradmem_cli.cli.commands import _parse_steps
 from gradmem_cli.training import config as training_config
 from gradmem_cli.training import loop as training
 from gradmem_cli.training import model as metamodel
-from gradmem_cli.errors import UsageError
+from gradmem_cli.errors import GradmemError, UsageError
 from gradmem_cli.tasks import get_task, kv
 from gradmem_cli.tasks.base import Options
 from gradmem_cli.writers.learned import write_memory
@@ -118,7 +118,7 @@ def test_resume_gives_identical_next_steps(tmp_path):
     training.train(straight)
     first_half = tiny_config(tmp_path / "b", max_steps=3, eval_every=3, lr=3e-3)
     assert training.train(first_half).step == 3
-    resumed = training.train(tiny_config(tmp_path / "b", max_steps=6, eval_every=3, lr=3e-3))
+    resumed = training.train(tiny_config(tmp_path / "b", max_steps=6, eval_every=3, lr=3e-3), resume=True)
     assert resumed.step == 6
     a = _params(tmp_path / "a" / "run" / "checkpoints" / "step-00000006" / "model")
     b = _params(tmp_path / "b" / "run" / "checkpoints" / "step-00000006" / "model")
@@ -132,8 +132,10 @@ def test_resume_gives_identical_next_steps(tmp_path):
 
 def test_resume_refuses_changed_settings(tmp_path):
     training.train(tiny_config(tmp_path, max_steps=1, eval_every=1))
+    with pytest.raises(GradmemError, match="holds a gradmem train run: pass --resume"):
+        training.train(tiny_config(tmp_path, max_steps=2, eval_every=1))
     with pytest.raises(UsageError, match="inner_lr"):
-        training.train(tiny_config(tmp_path, max_steps=2, eval_every=1, inner_lr=0.3))
+        training.train(tiny_config(tmp_path, max_steps=2, eval_every=1, inner_lr=0.3), resume=True)
 
 
 def test_twenty_step_run_lowers_the_outer_loss(tmp_path):

@@ -16,8 +16,8 @@ import typer
 
 from gradmem_cli import __version__
 from gradmem_cli.cli.options import (
-    JsonOpt, ModelOpt, ReadModelOpt, ReaderOpt, RunOptions, SeedOpt, config_options, emit_json, run_options,
-    write_json_lines, write_options,
+    JsonOpt, ModelOpt, ReadModelOpt, ReaderOpt, ResumeOpt, RunOptions, SeedOpt, config_options, emit_json, run_options,
+    write_options,
 )
 from gradmem_cli.errors import GradmemError, UsageError
 from gradmem_cli.tasks import TASKS
@@ -55,37 +55,46 @@ def write(
 
     Under torchrun each process writes its share of the (sorted) documents and rank 0 reports them all.
     """
-    from gradmem_cli.cli.progress import console
+    import contextlib
+
+    from gradmem_cli.cli.progress import console, plain
     from gradmem_cli.lm.loading import load_model
     from gradmem_cli.memory.documents import read_inputs
-    from gradmem_cli.memory.outputs import claim_outputs, output_paths
+    from gradmem_cli.memory.outputs import claim_outputs, output_folder, output_paths
     from gradmem_cli.memory.store import written_as
     from gradmem_cli.processes import Distributed, default_workers
 
     if workers < 0:
         raise UsageError("--workers must be 0 (automatic) or more")
     docs = read_inputs(inputs)
-    paths = output_paths(inputs, docs, output)
-    dist = Distributed()
-    try:
-        docs, paths = docs[dist.rank::dist.world], paths[dist.rank::dist.world]
-        device = dist.device(run.device)
-        lm = load_model(model, device=str(device), dtype=run.dtype, quiet=run.quiet)
-        cfg_resolved = cfg.resolve(lm)
-        done = [skip_existing and written_as(p, d.sha256, lm, cfg_resolved) is not None for d, p in zip(docs, paths)]
-        todo = [(d, p) for (d, p), skip in zip(zip(docs, paths), done) if not skip]
-        skipped = [str(p) for p, skip in zip(paths, done) if skip]
-        states = claim_outputs([d for d, _ in todo], [p for _, p in todo], force)
-        count = workers or default_workers(run.device if dist.world == 1 else str(device), len(todo))
-        if not todo:
-            reports = []
-        elif count > 1 and all(d.path is not None for d, _ in todo):
-            reports = _write_in_workers(todo, states, model, cfg, cfg_resolved, run, count)
-        else:
-            reports = _write_here(lm, todo, states, cfg_resolved, run)
-        gathered = dist.gather_json({"files": reports, "skipped": skipped}, device)
-    finally:
-        dist.close()
+    paths, folder = output_paths(inputs, docs, output)
+    with output_folder(folder) if folder is not None else contextlib.nullcontext():
+        # Every output is checked before the model loads; with --skip-existing an existing .gmem may
+        # turn out to be current, which needs the model to tell.
+        claims = claim_outputs(docs, paths, force, keep_existing=skip_existing, inputs=inputs)
+        dist = Distributed()
+        try:
+            docs, claims = docs[dist.rank::dist.world], claims[dist.rank::dist.world]
+            device = dist.device(run.device)
+            lm = load_model(model, device=str(device), dtype=run.dtype, quiet=run.quiet)
+            cfg_resolved = cfg.resolve(lm)
+            done = [skip_existing and written_as(c.path, d.text, lm, cfg_resolved) is not None
+                    for d, c in zip(docs, claims)]
+            todo = [(d, c) for (d, c), skip in zip(zip(docs, claims), done) if not skip]
+            skipped = [str(c.path) for c, skip in zip(claims, done) if skip]
+            stale = [str(c.path) for _, c in todo if c.existed and not force]
+            if stale:  # an existing .gmem that is not current is replaced only with --force
+                raise GradmemError(f"{stale[0]} already exists (use --force to overwrite it)")
+            count = workers or default_workers(run.device if dist.world == 1 else str(device), len(todo))
+            if not todo:
+                reports = []
+            elif count > 1 and all(d.path is not None for d, _ in todo):
+                reports = _write_in_workers(todo, model, cfg, cfg_resolved, run, count)
+            else:
+                reports = _write_here(lm, todo, cfg_resolved, run)
+            gathered = dist.gather_json({"files": reports, "skipped": skipped}, device)
+        finally:
+            dist.close()
     if gathered is None:
         return
     reports = [r for part in gathered for r in part["files"]]
@@ -94,49 +103,56 @@ def write(
         emit_json({"files": reports, "skipped": skipped})
     elif not run.quiet:
         for r in reports:
-            console.print(f"{r['input']} -> {r['output']}: {r['tokens']} tokens, {r['segments']} segment(s), "
-                          f"steps {r['steps']}, accuracy {r['accuracy']}, {r['seconds']:.1f} s")
+            console.print(f"{plain(r['input'])} -> {plain(r['output'])}: {r['tokens']} tokens, {r['segments']} "
+                          f"segment(s), steps {r['steps']}, accuracy {r['accuracy']}, {r['seconds']:.1f} s")
         if skipped:
             console.print(f"skipped {len(skipped)} file(s) that already hold their memory (--skip-existing)")
 
 
+def _warn(message: str, quiet: bool) -> None:
+    from gradmem_cli.cli.progress import console, plain
+
+    if not quiet:
+        console.print(f"[yellow]warning:[/yellow] {plain(message, 1000)}", highlight=False)  # its file strings are cut
+
+
 def _warn_unsolved(report: dict, cfg: WriteConfig, quiet: bool) -> None:
-    from gradmem_cli.cli.progress import console
+    from gradmem_cli.cli.progress import console, plain
 
     if not quiet and cfg.init != "learned" and min(report["accuracy"]) < cfg.target_acc:
-        console.print(f"[yellow]warning:[/yellow] {report['input']}: not every segment reached --target-acc "
+        console.print(f"[yellow]warning:[/yellow] {plain(report['input'])}: not every segment reached --target-acc "
                       f"{cfg.target_acc} in the steps allowed (accuracy {report['accuracy']})")
 
 
-def _write_here(lm, todo: list, states: list, cfg, run: RunOptions) -> list[dict]:
+def _write_here(lm, todo: list, cfg, run: RunOptions) -> list[dict]:
     """Write in this process: segments of all documents batched together, each file saved when done."""
     from gradmem_cli import engine
     from gradmem_cli.cli.progress import write_progress
     from gradmem_cli.memory import memfile
 
-    out_of = {id(d): (p, state) for (d, p), state in zip(todo, states)}
+    out_of = {id(d): c for d, c in todo}
     reports = []
     with write_progress(run.quiet) as progress:
         for doc, mem, report in engine.memorize(lm, [d for d, _ in todo], cfg, progress.on_step):
-            path, state = out_of[id(doc)]
-            memfile.save(path, mem.memory, mem.header, expected=state)
-            report.output = str(path)
+            claimed = out_of[id(doc)]
+            memfile.save(claimed.path, mem.memory, mem.header, expected=claimed.state)
+            report.output = str(claimed.path)
             reports.append(report.to_dict())
             progress.finished(doc, report.segments)
             _warn_unsolved(reports[-1], cfg, run.quiet)
     return reports
 
 
-def _write_in_workers(todo: list, states: list, model: str | None, options: WriteConfig, cfg, run: RunOptions,
+def _write_in_workers(todo: list, model: str | None, options: WriteConfig, cfg, run: RunOptions,
                       count: int) -> list[dict]:
     """Write on ``count`` worker processes (each resolves ``options`` for its model as this one did
     into ``cfg``); one bar for all documents."""
     import os
 
-    from gradmem_cli.cli.progress import make_progress
+    from gradmem_cli.cli.progress import make_progress, plain
     from gradmem_cli.processes import WriteItem, WriteJob, write_in_workers
 
-    items = [WriteItem(str(d.path), str(p), state) for (d, p), state in zip(todo, states)]
+    items = [WriteItem(str(d.path), str(c.path), c.state) for d, c in todo]
     job = WriteJob(model, run.device, run.dtype, max(1, (os.cpu_count() or 1) // count), options.to_dict())
     reports: list[dict] = []
     with make_progress(run.quiet) as progress:
@@ -145,7 +161,7 @@ def _write_in_workers(todo: list, states: list, model: str | None, options: Writ
         def on_event(event: tuple) -> None:
             if event[0] == "step":
                 _, name, segment, step, loss, acc, _ = event
-                progress.update(bar, status=f"{name} seg {segment + 1} step {step} loss {loss:.3f} acc {acc:.3f}")
+                progress.update(bar, status=f"{plain(name)} seg {segment + 1} step {step} loss {loss:.3f} acc {acc:.3f}")
             else:
                 reports.append(event[1])
                 progress.update(bar, advance=1)
@@ -181,14 +197,16 @@ def ask(
     if via not in engine.VIAS:
         raise UsageError(f"--via must be one of {', '.join(engine.VIAS)}")
     from gradmem_cli.memory import memfile
+    from gradmem_cli.memory.documents import read_questions
 
-    questions = [q.strip() for q in sys.stdin] if question == "-" else [question.strip()]
-    questions = [q for q in questions if q]
-    if not questions:
+    questions = read_questions(sys.stdin.buffer) if question == "-" else [question.strip()]
+    if not any(questions):
         raise GradmemError("no question given")
     mem = memfile.load(file)
     lm = engine.load_reader_model(mem, model, run.device, run.dtype, run.quiet, reader=reader)
     asker = engine.open_asker(lm, mem, via, use_cache=not no_cache)
+    for q in questions:  # every question against the window before the first answer
+        asker.check(q, max_new_tokens)
 
     def stream(text: str) -> None:
         sys.stdout.write(text)
@@ -279,9 +297,12 @@ def eval_(
                                            "chat template, as ask does) or context (inside the user turn, where "
                                            "full-context puts the text).")] = "start",
     memories: Annotated[Optional[Path], typer.Option(help="A memory store folder: contexts already written there "
-                                                     "with the same model and settings are read from it, the "
-                                                     "others are written into it (resumable, shared between runs).")]
+                                                     "with the same model and settings are read from it (each "
+                                                     "checked against its text first), the others are written into "
+                                                     "it (resumable, shared between runs).")]
     = None,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing --output or --log-samples file "
+                                        "written by gradmem eval (never any other file).")] = False,
     model: ModelOpt = None,
     reader: ReaderOpt = None,
     cfg: WriteConfig = None,
@@ -298,21 +319,24 @@ def eval_(
     from gradmem_cli.evaluation.harness import EvalOptions, evaluate
     from gradmem_cli.lm import adapter
     from gradmem_cli.lm.loading import load_model
-    from gradmem_cli.memory.outputs import check_writable
-    from gradmem_cli.memory.store import MemoryStore
+    from gradmem_cli.memory.outputs import EVAL_RESULT, EVAL_SAMPLES, claim_all, claim_folder, write_records
+    from gradmem_cli.memory.store import STORE, MemoryStore
     from gradmem_cli.tasks import get_task
     from gradmem_cli.tasks.base import Options
 
-    for path in (output, log_samples):
-        if path is not None:
-            check_writable(path.parent if str(path.parent) else Path("."))
+    inputs = [p for p in (data, reader, memories, cfg.start) if p is not None]
+    wanted = [(p, kind) for p, kind in ((output, EVAL_RESULT), (log_samples, EVAL_SAMPLES)) if p is not None]
+    claims = dict(zip((kind for _, kind in wanted), claim_all(wanted, inputs, force)))
+    if memories is not None:
+        claim_folder(memories, STORE, [p for p in inputs if p != memories], resume=True)
     spec = get_task(task)
     dataset = spec.load(data, limit, cfg.seed, Options(pairs=pairs, variant=variant))
     lm = load_model(model, device=run.device, dtype=run.dtype, quiet=run.quiet)
     if reader is not None:
         adapter.load(lm, reader)
     cfg = cfg.resolve(lm)
-    store = MemoryStore(memories, lm, cfg) if memories is not None else None
+    store = MemoryStore(memories, lm, cfg, on_rewrite=lambda message: _warn(message, run.quiet)) \
+        if memories is not None else None
     opts = EvalOptions(conditions=chosen, max_new_tokens=max_new_tokens, memory_at=memory_at)
     samples: list[dict] = []
     with make_progress(run.quiet) as progress:
@@ -327,10 +351,10 @@ def eval_(
         "memory_at": memory_at,
         **engine.provenance(lm), "device": str(lm.device),
     }
-    if output:
-        write_json_lines(output, [result])
-    if log_samples:
-        write_json_lines(log_samples, samples)
+    if EVAL_RESULT in claims:
+        write_records(claims[EVAL_RESULT], EVAL_RESULT, [result])
+    if EVAL_SAMPLES in claims:
+        write_records(claims[EVAL_SAMPLES], EVAL_SAMPLES, samples)
     if run.json:
         emit_json(result)
     elif not run.quiet:
@@ -360,15 +384,16 @@ def fit_start(
     import shlex
 
     from gradmem_cli import engine
-    from gradmem_cli.cli.progress import console, make_progress
+    from gradmem_cli.cli.progress import console, make_progress, plain
     from gradmem_cli.lm.loading import load_model
     from gradmem_cli.memory.documents import read_inputs
     from gradmem_cli.writers.start import claim_start_output
 
-    claim_start_output(output, force)  # before the model loads; the fit checks again before it writes
     cfg = WriteConfig(mem_tokens=mem_tokens, segment_tokens=segment_tokens, batch_tokens=batch_tokens,
                       init="tokens").validate()
     docs = read_inputs(inputs)
+    # Before the model loads; the fit checks again before it writes.
+    claim_start_output(output, force, [*(d.path for d in docs if d.path is not None), *inputs])
     lm = load_model(model, device=run.device, dtype=run.dtype, quiet=run.quiet)
     with make_progress(run.quiet) as progress:
         bar = progress.add_task("fitting a start", total=fit.outer_steps, status="")
@@ -386,7 +411,7 @@ def fit_start(
     if run.json:
         emit_json({**report, "history": history})
     elif not run.quiet:
-        console.print(f"{output}: a start for {report['model']} fitted on {report['segments']} segments of "
+        console.print(f"{plain(output)}: a start for {plain(report['model'])} fitted on {report['segments']} segments of "
                       f"{report['texts']} texts; last update: {progress.tasks[0].fields['status']}")
 
 
@@ -396,25 +421,25 @@ def fit_start(
 def self_study(
     inputs: Annotated[list[str], typer.Argument(help="Text files, folders (their *.txt) or - for stdin: the texts to "
                                                 "ask about (never the texts you will evaluate on).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The JSONL to write: {id, context, question, "
-                                         "answers, source} per line, what train-reader's task: qa reads.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The JSONL to write: {format, id, context, "
+                                         "question, answers, source} per line, what train-reader's task: qa "
+                                         "reads.")],
     model: ModelOpt = None,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing file written by gradmem "
+                                        "self-study (never any other file).")] = False,
     study: SelfStudyConfig = None,
     run: RunOptions = None,
 ) -> None:
     """Questions and answers the model writes about your texts, to train a reader on (train-reader, task: qa)."""
-    import os
-
-    from gradmem_cli.cli.progress import console, make_progress
+    from gradmem_cli.cli.progress import console, make_progress, plain
     from gradmem_cli.lm.loading import load_model
     from gradmem_cli.memory.documents import read_inputs
+    from gradmem_cli.memory.outputs import SELF_STUDY, claim, write_records
     from gradmem_cli.training.selfstudy import candidates, study as run_study
 
-    if not output.parent.is_dir():  # before the model loads and the questions are written
-        raise GradmemError(f"cannot write {output}: folder {output.parent} does not exist")
     docs = read_inputs(inputs)
-    if output.exists() and any(d.path is not None and os.path.samefile(output, d.path) for d in docs):
-        raise GradmemError(f"refusing to write {output}: it is an input and would be lost")
+    # Before the model loads and the questions are written.
+    claimed = claim(output, SELF_STUDY, [*(d.path for d in docs if d.path is not None), *inputs], force)
     tried = candidates(docs, study)
     if not tried:
         raise GradmemError(f"no passage of {study.min_words}+ words with a name or quantity to ask about in the input")
@@ -431,12 +456,12 @@ def self_study(
                 console.print(f"{done}/{len(tried)} candidate answers: {kept} questions kept", highlight=False)
 
         records = list(run_study(lm, tried, study, on_candidate))
-    write_json_lines(output, records)
+    write_records(claimed, SELF_STUDY, records)
     if run.json:
         emit_json({"output": str(output), "questions": len(records), "candidates": len(tried),
                    "passages": len({r["context"] for r in records}), "texts": len(docs)})
     elif not run.quiet:
-        console.print(f"{output}: {len(records)} questions kept of {len(tried)} candidate answers in {len(docs)} texts")
+        console.print(f"{plain(output)}: {len(records)} questions kept of {len(tried)} candidate answers in {len(docs)} texts")
 
 
 @app.command()
@@ -445,18 +470,26 @@ def train(
                                                      "docs/training.md).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting: KEY=VALUE (repeatable), "
                                                       "e.g. --set max_steps=500 --set out=runs/x.")] = None,
+    resume: ResumeOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Meta-train a model to write into memory (GradMem), or a baseline; resumes a run already in its folder."""
+    """Meta-train a model to write into memory (GradMem), or a baseline; --resume continues the run in its folder."""
     import shlex
 
     from gradmem_cli.training.config import load_config
     from gradmem_cli.training.loop import train as run_training
 
     cfg = load_config(config, set_ or [])
-    result = run_training(cfg, command=shlex.join(["gradmem", *sys.argv[1:]]))
+    result = run_training(cfg, command=shlex.join(["gradmem", *sys.argv[1:]]), resume=resume)
     if json_out:
         emit_json(dataclasses.asdict(result))
+    _stopped(result.stopped)
+
+
+def _stopped(reason: str) -> None:
+    """A training stopped by a signal (after its checkpoint) exits as the signal asks: 130 or 143."""
+    if reason in ("interrupted", "terminated"):
+        raise typer.Exit(130 if reason == "interrupted" else 143)
 
 
 @app.command("train-reader")
@@ -465,9 +498,10 @@ def train_reader(
                                                      "and gradmem_cli/training/reader.py).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting: KEY=VALUE (repeatable).")]
     = None,
+    resume: ResumeOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Train a reader (a LoRA on only while reading) for memories the frozen model writes; resumes its run folder."""
+    """Train a reader (a LoRA on only while reading) for memories the frozen model writes; --resume continues its run."""
     import shlex
 
     from gradmem_cli.training.config import load_config
@@ -475,9 +509,10 @@ def train_reader(
     from gradmem_cli.training.reader import train_reader as run_training
 
     cfg = load_config(config, set_ or [], ReaderTrainConfig)
-    result = run_training(cfg, command=shlex.join(["gradmem", *sys.argv[1:]]))
+    result = run_training(cfg, command=shlex.join(["gradmem", *sys.argv[1:]]), resume=resume)
     if json_out:
         emit_json(result)
+    _stopped(result["stopped"])
 
 
 def _parse_steps(text: str) -> list[int]:

@@ -6,7 +6,9 @@ import dataclasses
 import functools
 import inspect
 import json
+import math
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from gradmem_cli.errors import GradmemError
+from gradmem_cli.errors import UsageError
 from gradmem_cli.writers.config import WriteConfig
 
 ModelOpt = Annotated[
@@ -35,6 +37,8 @@ ReaderOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON result on stdout.")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run already in the out folder (without it, "
+                                                          "a folder that holds a run is refused; nothing is wiped).")]
 
 
 @dataclass(frozen=True)
@@ -58,11 +62,20 @@ def _inject(command: Callable[..., Any], param: str, extra: list[inspect.Paramet
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
+        _finite(kwargs)
         value = build({name: kwargs.pop(name) for name in names})
         return command(**{param: value}, **kwargs)
 
     wrapper.__signature__ = signature.replace(parameters=own + extra)
     return wrapper
+
+
+def _finite(options: dict[str, Any]) -> None:
+    """Every float option is a finite number (click takes "nan" and "inf" as floats, and every range
+    check is false for NaN); ranges are checked by each config's ``validate`` and each command."""
+    for name, value in options.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--{name.replace('_', '-')} must be a finite number, not {value}")
 
 
 def _option(name: str, annotation: Any, default: Any, *decls: str, **kwargs: Any) -> inspect.Parameter:
@@ -114,17 +127,12 @@ def setup(offline: bool) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# Characters JSON leaves raw (json.dumps escapes C0 only) that a terminal may act on: DEL, C1 (0x9B is a
+# CSI), bidi overrides and line separators; escaped as \uXXXX, which any JSON reader reads back the same.
+_TERMINAL_ACTIVE = re.compile("[\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
 def emit_json(obj: object) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    text = _TERMINAL_ACTIVE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(obj, ensure_ascii=False))
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
-
-
-def write_json_lines(path: Path, lines: list[object]) -> None:
-    """A result file, written atomically (it replaces what the user named, as ``-o`` means)."""
-    from gradmem_cli.memory.fileio import atomic_write_bytes
-
-    data = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines).encode()
-    try:
-        atomic_write_bytes(path, data)
-    except OSError as exc:
-        raise GradmemError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from gradmem_cli.errors import SHOWN_CHARS, shown
 
 console = Console(stderr=True, soft_wrap=True)
 
 
+def plain(value: object, limit: int = SHOWN_CHARS) -> str:
+    """A string from a file or a folder listing (a name, a model id), for rich output: escaped by
+    :func:`~gradmem_cli.errors.shown` (cut to ``limit`` characters) and with its brackets escaped, so it
+    is never read as markup."""
+    return escape(shown(value, limit))
+
+
+class _Progress(Progress):
+    """Bars that vanish when the command fails or is stopped: its one ``error:`` line is what stays."""
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is not None:
+            self.live.transient = True
+        super().__exit__(exc_type, *rest)
+
+
 def make_progress(quiet: bool = False) -> Progress:
     """A progress display on stderr; disabled with ``--quiet``."""
-    return Progress(
+    return _Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -38,14 +57,14 @@ class _WriteProgress:
 
     def _bar(self, doc) -> int:
         if id(doc) not in self.bars:
-            self.bars[id(doc)] = self.progress.add_task(doc.name, total=None, status="")
+            self.bars[id(doc)] = self.progress.add_task(plain(doc.name), total=None, status="")
         return self.bars[id(doc)]
 
     def on_step(self, doc, segment: int, stats) -> None:
         status = f"seg {segment + 1} step {stats.step} loss {stats.loss:.3f} acc {stats.accuracy:.3f}"
         self.progress.update(self._bar(doc), status=status, advance=1 if stats.done else 0)
         if stats.done and not self.quiet and not console.is_terminal:
-            console.print(f"{doc.name}: segment {segment + 1} done, {status}", highlight=False)
+            console.print(f"{plain(doc.name)}: segment {segment + 1} done, {status}", highlight=False)
 
     def finished(self, doc, segments: int) -> None:
         self.progress.update(self._bar(doc), total=segments, completed=segments)

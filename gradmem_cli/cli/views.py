@@ -7,8 +7,12 @@ import sys
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
-from gradmem_cli.cli.progress import console
+from gradmem_cli.cli.progress import console, plain
+from gradmem_cli.errors import shown
+
+CELL_CHARS = 1000  # a header value longer than this is cut (a file can hold megabytes in one field)
 
 
 def _human_bytes(n: int) -> str:
@@ -20,20 +24,21 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def _cell(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+def _cell(value: Any) -> Text:
+    """A header value from an untrusted file: escaped, cut, and a Text, so rich never reads it as markup."""
+    return Text(shown(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False), CELL_CHARS))
 
 
 def show_inspect(result: dict[str, Any]) -> None:
     """Metadata and sizes as tables on stderr; the rebuilt text (data) on stdout."""
     header, sizes = result["header"], result["sizes"]
-    meta = Table(title=result["file"], show_header=False, title_justify="left")
+    meta = Table(title=plain(result["file"]), show_header=False, title_justify="left")
     meta.add_column("field", style="bold")
     meta.add_column("value", overflow="fold")
     for key, value in header.items():
         if key == "model_fingerprint":
             value = {k: v for k, v in value.items() if k != "embedding"}
-        meta.add_row(key, _cell(value))
+        meta.add_row(Text(shown(key)), _cell(value))
     console.print(meta)
     size = Table(title="sizes", show_header=False, title_justify="left")
     size.add_column("what", style="bold")
@@ -88,7 +93,7 @@ def show_eval(result: dict[str, Any]) -> None:
 
 def show_steps_table(model: str, rows: list[dict[str, Any]]) -> None:
     """``gradmem train-eval``: EM per number of write steps."""
-    table = Table(title=f"{model}: key-value EM by write steps", title_justify="left")
+    table = Table(title=f"{plain(model)}: key-value EM by write steps", title_justify="left")
     for name in ("write steps", "EM %", "token acc %", "loss", "samples"):
         table.add_column(name, justify="right")
     for r in rows:

@@ -27,10 +27,12 @@ from gradmem_cli import engine
 from gradmem_cli.errors import UsageError
 from gradmem_cli.evaluation.baselines import KEEPERS, kept_context
 from gradmem_cli.evaluation.metrics import f1, mean
-from gradmem_cli.lm.generate import MEMORY_SLOT, Reader
-from gradmem_cli.lm.spaces import SPACES
+from gradmem_cli.errors import shown
+from gradmem_cli.lm.generate import MEMORY_SLOT, Reader, framed_prompt
 from gradmem_cli.lm.loading import LoadedModel
-from gradmem_cli.memory.documents import Document, split_segments
+from gradmem_cli.lm.spaces import SPACES
+from gradmem_cli.lm.window import check_room
+from gradmem_cli.memory.documents import Document, segment_count
 from gradmem_cli.memory.store import MemoryStore
 from gradmem_cli.tasks.base import Dataset, Task
 from gradmem_cli.writers.config import ResolvedWrite
@@ -149,7 +151,7 @@ class _Run:
             done = 0
             for context in dict.fromkeys(ex.context for ex in self.examples):
                 ids = self.lm.tokenize(context)
-                slots = len(split_segments(ids, cfg.segment_tokens)) * cfg.mem_tokens
+                slots = segment_count(len(ids), cfg.segment_tokens) * cfg.mem_tokens
                 reader = Reader.over(self.lm, kept_context(self.lm, ids, slots, condition))
                 for i, ex in enumerate(self.examples):
                     if ex.context == context:
@@ -232,6 +234,33 @@ def bootstrap_intervals(per_example: dict[str, dict[str, list[float]]], main: st
     return out
 
 
+def check_window(lm: LoadedModel, task: Task, dataset: Dataset, cfg: ResolvedWrite, opts: EvalOptions) -> None:
+    """Every example's prompt under every condition, measured in tokens against the model's window
+    (after the prefix and, for the memory condition, the memory's positions, with room for the answer)
+    before anything is written or answered: one line naming the example and both numbers."""
+    budget = opts.max_new_tokens or task.max_new_tokens
+    lead = len(SPACES[cfg.space].lead_ids(lm))
+    tokens: dict[str, int] = {}
+    for ex in dataset.examples:
+        answer = max(budget, len(task.target(lm.tokenizer, ex)[0]))
+        if ex.context not in tokens:
+            tokens[ex.context] = len(lm.tokenize(ex.context))
+        for condition in opts.conditions:
+            memory, context = 0, None
+            if condition == "memory" and not task.whole_memory:
+                continue  # rebuilt segment by segment: the window holds each one (WriteConfig.fits)
+            if condition == "memory":
+                memory = segment_count(tokens[ex.context], cfg.segment_tokens) * cfg.mem_tokens + lead
+                context = MEMORY_SLOT if opts.memory_at == "context" else None
+            elif condition in KEPT:  # the prompt sits after the whole text's positions and the separator
+                memory = tokens[ex.context] + len(SPACES["kv"].lead_ids(lm))
+            elif condition != "no-context":
+                context = ex.context
+            prompt, _ = framed_prompt(lm, task.user_text(ex, context), task.template)
+            check_room(lm.window, len(lm.prefix_ids) + memory, len(prompt), answer,
+                       f"example {shown(ex.id)} ({condition})")
+
+
 def evaluate(
     lm: LoadedModel,
     task: Task,
@@ -250,6 +279,7 @@ def evaluate(
     """
     if opts.memory_at == "context" and "memory" in opts.conditions and cfg.space != "embed":
         raise UsageError(f"--memory-at context: a {cfg.space} memory is read before the prompt (use --memory-at start)")
+    check_window(lm, task, dataset, cfg, opts)
     run = _Run(lm, task, dataset, opts, on_progress)
     if any(c in opts.conditions for c in WRITTEN):
         run.written(cfg, store)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from gradmem_cli.errors import GradmemError
+from gradmem_cli.errors import GradmemError, shown
 from gradmem_cli.lm.fingerprint import Fingerprint
 from gradmem_cli.memory.fileio import read_config_json
 
@@ -58,10 +58,12 @@ class ReaderConfig:
     format_version: str = READER_FORMAT_VERSION
 
     def validate(self) -> ReaderConfig:
-        ok = (isinstance(self.rank, int) and 1 <= self.rank <= 4096 and isinstance(self.alpha, (int, float))
-              and self.alpha > 0 and isinstance(self.targets, list) and self.targets
+        ok = (isinstance(self.rank, int) and not isinstance(self.rank, bool) and 1 <= self.rank <= 4096
+              and isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool)
+              and 0 < self.alpha <= 1e6 and isinstance(self.targets, list) and self.targets
               and all(isinstance(t, str) and t.replace("_", "").isalnum() for t in self.targets)
-              and isinstance(self.base_fingerprint, dict) and isinstance(self.training, dict))
+              and isinstance(self.base_model, str) and isinstance(self.base_fingerprint, dict)
+              and isinstance(self.training, dict))
         if not ok:
             raise GradmemError("corrupt reader config (rank, alpha, targets, base_fingerprint or training)")
         return self
@@ -144,12 +146,12 @@ def load(lm: LoadedModel, folder: Path | str) -> ReaderConfig:
     except (KeyError, TypeError, ValueError):
         raise GradmemError(f"{folder}: corrupt reader config (base_fingerprint)") from None
     if reason:
-        raise GradmemError(f"reader mismatch: {folder} reads for '{cfg.base_model}', not '{lm.spec}' ({reason})")
+        raise GradmemError(f"reader mismatch: {folder} reads for '{shown(cfg.base_model)}', not '{lm.spec}' ({reason})")
     try:
         state = load_file(str(folder / READER_WEIGHTS))
     except Exception as exc:  # missing, truncated or not safetensors
         raise GradmemError(f"{folder / READER_WEIGHTS}: cannot load the reader weights "
-                           f"({str(exc).splitlines()[0]})") from None
+                           f"({shown(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)})") from None
     attach(lm, cfg)
     result = set_peft_model_state_dict(lm.model, state, adapter_name=ADAPTER)
     if result.unexpected_keys or any("lora_" in k for k in result.missing_keys):

@@ -145,6 +145,14 @@ class Reader:
         self.memory = None if memory is None else memory.reshape(1, -1, memory.shape[-1])
         self.base: Context | None = self._read() if use_cache else None
 
+    @property
+    def occupied(self) -> int:
+        """Positions taken before a prompt: the prefix, the memory's slots and what the space puts after them."""
+        if self.base is not None:
+            return self.base.position
+        slots = 0 if self.memory is None else self.memory.shape[1] + len(self.space.lead_ids(self.lm))
+        return len(self.lm.prefix_ids) + slots
+
     @classmethod
     def over(cls, lm: LoadedModel, ctx: Context) -> Reader:
         """A reader of whatever ``ctx`` has read (a cache built elsewhere), kept for every prompt."""

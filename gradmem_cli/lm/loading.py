@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 
-from gradmem_cli.errors import GradmemError
+from gradmem_cli.errors import GradmemError, shown
 from gradmem_cli.lm.dtypes import dtype_name, resolve_dtype
 from gradmem_cli.lm.fingerprint import Fingerprint, compute_fingerprint, config_hash, kv_bytes_per_token, model_shape
 from gradmem_cli.lm.memlm import MemoryLM
+from gradmem_cli.memory.fileio import MAX_CONFIG_BYTES, loads_json, read_capped
 from gradmem_cli.writers.learned import LearnedWriter, has_writer, load_writer
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -204,6 +205,9 @@ def _converted_gguf_dir(gguf: Path, quiet: bool) -> Path:
     under a second. The copy is written to a temporary folder and renamed, so an interrupted
     conversion never leaves a broken cache entry.
     """
+    with open(gguf, "rb") as fh:
+        if fh.read(4) != b"GGUF":  # before the (slow) conversion and its message
+            raise GradmemError(f"{gguf} is not a GGUF file (it does not start with the GGUF magic bytes)")
     target = gradmem_home() / "models" / f"{gguf.stem}-{_file_sha256(gguf)[:16]}"
     if (target / "config.json").is_file():
         return target
@@ -219,7 +223,7 @@ def _converted_gguf_dir(gguf: Path, quiet: bool) -> Path:
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
                                                          trust_remote_code=False)
     except Exception as exc:  # gguf parsing errors come in many types
-        raise GradmemError(f"cannot read GGUF file {gguf}: {exc}") from exc
+        raise GradmemError(f"cannot read GGUF file {gguf}: {shown(str(exc).splitlines()[0] if str(exc) else exc)}") from exc
     # Without the `kernels` package transformers has already dequantized every weight to a
     # plain nn.Linear; drop the quantizer so the model saves as an ordinary checkpoint.
     model.hf_quantizer = None
@@ -267,12 +271,53 @@ def resolve_spec(spec: str) -> tuple[str, Path | str]:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise GradmemError(f"{spec} is a folder but not a model (no config.json)")
+        check_model_folder(path)
         return str(path.resolve()), path.resolve()
     if path.exists():
         raise GradmemError(f"--model {spec}: a model is a Hugging Face id, a model folder or a .gguf file")
     if spec.startswith(("/", ".", "~")) or spec.count("/") > 1:  # a path, not a namespace/name id
         raise GradmemError(f"cannot load model '{spec}': no such model folder")
     return spec, spec
+
+
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")  # torch.load formats: they can hold code
+
+
+def _json_file(path: Path) -> dict[str, Any]:
+    """A model folder's JSON file, or {} if it has none; a broken one is a one-line error."""
+    if not path.is_file():
+        return {}
+    try:
+        data = loads_json(read_capped(path, MAX_CONFIG_BYTES).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise GradmemError(f"{path}: not valid JSON ({shown(exc)})") from None
+    if not isinstance(data, dict):
+        raise GradmemError(f"{path}: not valid JSON (expected an object)")
+    return data
+
+
+def check_model_folder(folder: Path) -> None:
+    """Refuse, before anything is loaded, a model folder that could only load by running what it holds:
+    weights in pickle files (``pytorch_model.bin``, ``*.pt``...) and no safetensors, or a config or
+    tokenizer that names its own Python code (``auto_map``, a ``tokenizer_class`` transformers does not
+    define). gradmem loads safetensors (and GGUF) weights only, and never runs a model's code."""
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    if not any(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern))
+        if pickles:
+            raise GradmemError(f"{folder}: its weights are pickle files ({shown(', '.join(pickles))}), which can run "
+                               "code when loaded; gradmem loads safetensors and GGUF weights only")
+    for name in ("config.json", "tokenizer_config.json"):
+        data = _json_file(folder / name)
+        custom = data.get("auto_map")
+        tokenizer_class = data.get("tokenizer_class") if name == "tokenizer_config.json" else None
+        if tokenizer_class is not None and not (isinstance(tokenizer_class, str)
+                                                and tokenizer_class_from_name(tokenizer_class) is not None):
+            custom = custom or f"tokenizer_class {tokenizer_class}"
+        if custom:
+            what = custom if isinstance(custom, str) else "auto_map"
+            raise GradmemError(f"{folder}: its {name} needs custom code ({shown(what)}), which gradmem never runs")
 
 
 class ConfigMismatch(GradmemError):
@@ -317,11 +362,18 @@ def load_model(
             raise ConfigMismatch(spec, config_hash(config), expect_config)
         tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
-            str(source), config=config, dtype=torch_dtype, attn_implementation=attn_implementation, **kwargs
+            str(source), config=config, dtype=torch_dtype, attn_implementation=attn_implementation,
+            use_safetensors=True, **kwargs  # never a pickle (torch.load) file, also from the hub
         )
     except (OSError, ValueError) as exc:
-        where = "offline and not in the local Hugging Face cache" if _offline() else str(exc).splitlines()[0]
-        raise GradmemError(f"cannot load model '{spec}': {where}") from exc
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "trust_remote_code" in str(exc) or "custom code" in str(exc):
+            where = "it needs custom code, which gradmem never runs"
+        elif _offline() and not isinstance(source, Path):
+            where = "offline and not in the local Hugging Face cache"
+        else:
+            where = shown(first)
+        raise GradmemError(f"cannot load model '{shown(spec)}': {where}") from exc
     model.to(torch_device).eval()
     model.requires_grad_(False)
     writer = None

@@ -7,8 +7,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gradmem_cli.errors import GradmemError
-from gradmem_cli.memory.fileio import check_regular_file
+from typing import BinaryIO
+
+from gradmem_cli.errors import GradmemError, shown
+from gradmem_cli.memory.fileio import MAX_QUESTION_BYTES, MAX_TEXT_BYTES, read_capped
 
 
 @dataclass
@@ -50,12 +52,15 @@ def _document(data: bytes, name: str, path: Path | None) -> Document:
 
 
 def read_document(path: Path) -> Document:
-    check_regular_file(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise GradmemError(f"cannot read {path}: {exc.strerror}") from None
-    return _document(data, str(path), path)
+    return _document(read_capped(path, MAX_TEXT_BYTES), str(path), path)
+
+
+def read_questions(stream: BinaryIO) -> list[str]:
+    """One question per non-blank line of ``stream`` (stdin), read with a cap."""
+    data = read_capped(stream, MAX_QUESTION_BYTES, "<stdin>")
+    if not data.strip():
+        return []
+    return [q.strip() for q in decode_text(data, "<stdin>").splitlines() if q.strip()]
 
 
 def text_files(folder: Path) -> list[Path]:
@@ -73,7 +78,7 @@ def read_inputs(inputs: list[str]) -> list[Document]:
     docs: list[Document] = []
     for item in inputs:
         if item == "-":
-            docs.append(_document(sys.stdin.buffer.read(), "<stdin>", None))
+            docs.append(_document(read_capped(sys.stdin.buffer, MAX_TEXT_BYTES, "<stdin>"), "<stdin>", None))
             continue
         path = Path(item)
         if path.is_dir():
@@ -83,8 +88,15 @@ def read_inputs(inputs: list[str]) -> list[Document]:
     names = [d.stem for d in docs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if len(docs) > 1 and duplicates:
-        raise GradmemError(f"several inputs would write the same output name: {', '.join(duplicates)}.gmem")
+        raise GradmemError(f"several inputs would write the same output name: {shown(', '.join(duplicates))}.gmem")
     return docs
+
+
+def segment_count(tokens: int, max_tokens: int) -> int:
+    """How many segments :func:`split_segments` makes of ``tokens`` tokens."""
+    if max_tokens < 1:
+        raise ValueError("max_tokens must be positive")
+    return max(1, -(-tokens // max_tokens))
 
 
 def split_segments(ids: list[int], max_tokens: int) -> list[list[int]]:
@@ -93,9 +105,7 @@ def split_segments(ids: list[int], max_tokens: int) -> list[list[int]]:
     Equal lengths keep every segment well inside the memory's capacity (130 tokens at 64 become
     44+43+43, not 64+64+2) and make batched writing waste no padding.
     """
-    if max_tokens < 1:
-        raise ValueError("max_tokens must be positive")
-    count = max(1, -(-len(ids) // max_tokens))
+    count = segment_count(len(ids), max_tokens)
     base, extra = divmod(len(ids), count)
     segments, start = [], 0
     for i in range(count):

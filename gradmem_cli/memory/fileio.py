@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import math
 import os
 import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from gradmem_cli.errors import GradmemError
+from gradmem_cli.errors import GradmemError, shown
 
 FileState = tuple[int, int, int, int]  # (device, inode, size, mtime in ns): which file, which version
 
@@ -51,6 +53,54 @@ def check_regular_file(path: Path) -> None:
         raise GradmemError(f"not a regular file: {path}")
 
 
+MAX_TEXT_BYTES = 64 << 20  # a document, a data file, stdin: more is refused before it is all read
+MAX_CONFIG_BYTES = 1 << 20  # a YAML or JSON settings file
+MAX_QUESTION_BYTES = 1 << 20  # questions on stdin (each is also measured against the model's window)
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB" if n >= 1 << 10 else f"{n} bytes"
+
+
+def read_capped(source: Path | BinaryIO, cap: int, name: str | None = None) -> bytes:
+    """The bytes of a regular file or a stream (stdin), reading at most ``cap`` + 1 of them: an input
+    past the cap (an endless ``yes |``, a huge file) is a one-line error, not a hang."""
+    name = name or str(source)
+    try:
+        if isinstance(source, Path):
+            check_regular_file(source)
+            with open(source, "rb") as fh:
+                data = fh.read(cap + 1)
+        else:
+            data = source.read(cap + 1)
+    except OSError as exc:
+        raise GradmemError(f"cannot read {shown(name)}: {exc.strerror or exc}") from None
+    if len(data) > cap:
+        raise GradmemError(f"{shown(name)} is larger than {_size(cap)}, the most gradmem reads from one input")
+    return data
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as infinity
+        raise ValueError(f"number out of range: {text[:40]}")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number gradmem accepts")
+
+
+def loads_json(text: str | bytes) -> Any:
+    """JSON from an untrusted source: NaN, Infinity and numbers that overflow to infinity are refused
+    at parse time, as are numbers too long to convert and nesting too deep to parse. Every failure is a
+    ``ValueError`` (``json.JSONDecodeError`` is one)."""
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 @contextlib.contextmanager
 def open_safetensors(path: Path, what: str) -> Iterator[Any]:
     """An untrusted safetensors file opened for reading (no code runs, only its header and tensors are
@@ -72,21 +122,21 @@ def read_config_json(path: Path, cls: type, format_name: str, version: str, what
     """A dataclass ``cls`` from a versioned JSON file (its ``format`` and major ``format_version`` must
     match; unknown keys are ignored, for later minor versions); every defect is a one-line error."""
     import dataclasses
-    import json
 
+    data = read_capped(Path(path), MAX_CONFIG_BYTES)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GradmemError(f"{path}: not a readable {what} ({exc})") from None
+        data = loads_json(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise GradmemError(f"{path}: not a readable {what} ({shown(exc)})") from None
     if not isinstance(data, dict) or data.get("format") != format_name:
         raise GradmemError(f"{path} is not a gradmem {what}")
     if str(data.get("format_version", "")).split(".")[0] != version.split(".")[0]:
-        raise GradmemError(f"{path}: {what} format {data.get('format_version')} is not supported by this gradmem")
+        raise GradmemError(f"{path}: {what} format {shown(data.get('format_version'))} is not supported by this gradmem")
     known = {f.name for f in dataclasses.fields(cls)}
     try:
         return cls(**{k: v for k, v in data.items() if k in known}).validate()
     except TypeError as exc:
-        raise GradmemError(f"{path}: {exc}") from None
+        raise GradmemError(f"{path}: {shown(exc)}") from None
 
 
 def _default_mode() -> int:

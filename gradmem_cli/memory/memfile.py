@@ -23,10 +23,10 @@ from typing import Any, get_type_hints
 
 import torch
 
-from gradmem_cli.errors import GradmemError
+from gradmem_cli.errors import GradmemError, shown
 from gradmem_cli.lm.dtypes import DTYPES
 from gradmem_cli.lm.spaces import SPACES
-from gradmem_cli.memory.fileio import FileState, atomic_write_bytes, check_regular_file, open_safetensors
+from gradmem_cli.memory.fileio import FileState, atomic_write_bytes, check_regular_file, loads_json, open_safetensors
 
 FORMAT_NAME = "gradmem.memory"
 FORMAT_VERSION = "2.0"
@@ -91,8 +91,8 @@ class MemoryHeader:
                 values[f.name] = raw
             else:
                 try:
-                    values[f.name] = json.loads(raw)
-                except json.JSONDecodeError:
+                    values[f.name] = loads_json(raw)
+                except ValueError:  # not JSON, NaN or Infinity, too deep, a number too long
                     raise GradmemError(f"{name}: corrupt .gmem ('{f.name}' is not valid JSON)") from None
         return cls(**values)
 
@@ -233,11 +233,11 @@ def load(path: Path | str) -> MemoryFile:
             newer = _major(version) > max(READS)
             hint = "upgrade gradmem to read it" if newer else "it cannot be read by this gradmem"
             reads = " and ".join(f"{v}.x" for v in READS)
-            raise GradmemError(f"{path} uses .gmem format {version}; this gradmem reads {reads} ({hint})")
+            raise GradmemError(f"{path} uses .gmem format {shown(version, 20)}; this gradmem reads {reads} ({hint})")
         if _major(version) == 1 and meta.get("space", "embed") != "embed":
             raise GradmemError(f"{path}: corrupt .gmem (a format 1.x file holds embedding memory only)")
         if keys != ["memory"]:
-            raise GradmemError(f"{path}: corrupt .gmem (expected one tensor 'memory', found {keys})")
+            raise GradmemError(f"{path}: corrupt .gmem (expected one tensor 'memory', found {shown(keys)})")
         header = MemoryHeader.from_metadata(meta, str(path))
         problem = header_problem(header)
         if problem:

@@ -8,7 +8,6 @@ via-text); ``gradmem train`` draws training examples from the tasks that generat
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from gradmem_cli.errors import GradmemError
 from gradmem_cli.evaluation.metrics import contains, exact_match, f1
 from gradmem_cli.lm.generate import Reader, with_context
 from gradmem_cli.memory.documents import decode_text, text_files
-from gradmem_cli.memory.fileio import check_regular_file
+from gradmem_cli.memory.fileio import MAX_TEXT_BYTES, check_regular_file, loads_json, read_capped
 
 if TYPE_CHECKING:
     from gradmem_cli.lm.loading import LoadedModel
@@ -60,17 +59,16 @@ class Options:
 
 def read_jsonl(path: Path) -> list[tuple[str, dict]]:
     """Records of a JSONL file with their locations (``FILE line N``); blank lines are skipped."""
-    check_regular_file(path)
-    text = decode_text(path.read_bytes(), str(path))
+    text = decode_text(read_capped(path, MAX_TEXT_BYTES), str(path))
     records = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path} line {number}"
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise GradmemError(f"{where}: not valid JSON ({exc.msg})") from None
+            record = loads_json(line)
+        except ValueError as exc:  # not JSON, NaN or Infinity, too deep
+            raise GradmemError(f"{where}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
         if not isinstance(record, dict):
             raise GradmemError(f"{where}: expected a JSON object")
         records.append((where, record))
@@ -91,9 +89,9 @@ def file_source(path: Path) -> dict[str, Any]:
     digest = hashlib.sha256()
     if path.is_dir():
         for f in text_files(path):
-            digest.update(f.name.encode() + b"\0" + f.read_bytes())
+            digest.update(f.name.encode() + b"\0" + read_capped(f, MAX_TEXT_BYTES))
     else:
-        digest.update(path.read_bytes())
+        digest.update(read_capped(path, MAX_TEXT_BYTES))
     return {"data": str(path), "sha256": digest.hexdigest()}
 
 
@@ -108,6 +106,7 @@ class Task:
     instruction: str = ""  # appended to every question
     template: bool = True  # prompts go through the model's chat template (kv: raw tokens)
     data_help: str = "JSONL {context, question, answers}"
+    whole_memory: bool = True  # the memory condition reads every segment's vectors before the prompt
 
     def examples(self, data: Path | None, limit: int | None, seed: int, options: Options) -> Dataset:
         """The examples from ``data`` if given, else the built-in set or generator."""

@@ -3,12 +3,12 @@ SQuAD v1.1 JSON; both default to the shipped SQuAD-style set (``squad_mini``).""
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
-from gradmem_cli.errors import GradmemError
+from gradmem_cli.errors import GradmemError, shown
 from gradmem_cli.memory.documents import decode_text
+from gradmem_cli.memory.fileio import MAX_TEXT_BYTES, loads_json, read_capped
 from gradmem_cli.tasks.base import Dataset, Example, Options, Task, file_source, read_jsonl
 
 
@@ -33,7 +33,7 @@ def _squad_json(path: Path, data: dict) -> list[Example]:
             for paragraph in article["paragraphs"]:
                 for qa in paragraph["qas"]:
                     answers = [a["text"] for a in qa["answers"]]
-                    examples.append(_qa_example(f"{path} question {qa.get('id')}", {
+                    examples.append(_qa_example(f"{path} question {shown(qa.get('id'), 40)}", {
                         "id": qa.get("id", len(examples)), "context": paragraph["context"],
                         "question": qa["question"], "answers": answers}, len(examples)))
     except (KeyError, TypeError):
@@ -43,11 +43,11 @@ def _squad_json(path: Path, data: dict) -> list[Example]:
 
 def load_qa(path: Path) -> list[Example]:
     """``{"context", "question", "answers"}`` JSONL, or an official SQuAD v1.1 JSON file."""
-    raw = path.read_bytes()
+    raw = read_capped(path, MAX_TEXT_BYTES)
     if raw.lstrip().startswith(b"{") and b'"data"' in raw[:4096]:
         try:
-            data = json.loads(decode_text(raw, str(path)))
-        except json.JSONDecodeError:
+            data = loads_json(decode_text(raw, str(path)))
+        except ValueError:  # not JSON (then read as JSONL), NaN or Infinity, too deep
             data = None
         if isinstance(data, dict) and "data" in data:
             return _squad_json(path, data)

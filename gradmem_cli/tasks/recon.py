@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from gradmem_cli.errors import GradmemError
 from gradmem_cli.evaluation.metrics import token_accuracy
 from gradmem_cli.lm.generate import Reader, reconstruct, target_hits, with_context
-from gradmem_cli.memory.documents import decode_text, text_files
+from gradmem_cli.memory.documents import read_document, text_files
 from gradmem_cli.tasks.base import Dataset, Example, Options, Task, file_source, read_jsonl
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ def load_recon(path: Path) -> list[Example]:
     """A folder of ``.txt`` files, or ``{"text"}`` JSONL."""
     if path.is_dir():
         files = text_files(path)
-        texts = [(f.stem, decode_text(f.read_bytes(), str(f))) for f in files]
+        texts = [(f.stem, read_document(f).text) for f in files]
     else:
         texts = []
         for i, (where, record) in enumerate(read_jsonl(path)):
@@ -49,6 +49,10 @@ class Recon(Task):
     main_metric = "exact"
     max_new_tokens = 1  # unused: each answer is sized by its text
     data_help = "a folder of .txt, or JSONL {text}"
+    whole_memory = False  # the memory condition rebuilds each segment from its own vectors
+
+    def user_text(self, ex: Example, context: str | None) -> str:
+        return RECON_PROMPT if context is None else with_context(RECON_PROMPT, context)
 
     def examples(self, data: Path | None, limit: int | None, seed: int, options: Options) -> Dataset:
         if data is not None:
@@ -72,7 +76,7 @@ class Recon(Task):
                     for h in target_hits(lm, memfile.memory[s], [], source[start:start + n], space=space)]
             extra["tokens_per_slot"] = len(source) / (memfile.memory.shape[0] * memfile.memory.shape[1])
         else:
-            prompt = RECON_PROMPT if context is None else with_context(RECON_PROMPT, context)
+            prompt = self.user_text(ex, context)
             text = reader.answer(prompt, max_new_tokens=len(source)).text
             hits = reader.hits(prompt, source)
         return {"answer": text}, {

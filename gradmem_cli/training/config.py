@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gradmem_cli.errors import GradmemError, UsageError
+from gradmem_cli.errors import GradmemError, UsageError, shown, validated
 from gradmem_cli.lm.memlm import lr_at
 from gradmem_cli.memory.documents import decode_text
-from gradmem_cli.memory.fileio import check_regular_file
+from gradmem_cli.memory.fileio import MAX_CONFIG_BYTES, read_capped
 from gradmem_cli.tasks import TASKS
 from gradmem_cli.tasks.base import Task
 
@@ -169,10 +169,7 @@ class TrainConfig(LoopSettings):
             (min(self.layers, self.hidden, self.heads, self.ffn, self.max_positions) >= 1
              and self.hidden % self.heads == 0, "layers/hidden/heads/ffn must be positive, hidden divisible by heads"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(f"train config: {message}")
-        return self
+        return validated(self, checks, "train config: ", options=False)
 
     @property
     def stages(self) -> list[int]:
@@ -210,13 +207,13 @@ def load_config(path: Path | None, overrides: list[str] = (), kind: type = None)
     defaults = kind().to_dict()
     values: dict[str, Any] = {}
     if path is not None:
-        check_regular_file(Path(path))
+        raw = read_capped(Path(path), MAX_CONFIG_BYTES)
         try:
-            data = yaml.safe_load(decode_text(Path(path).read_bytes(), str(path))) or {}
-        except OSError as exc:
-            raise GradmemError(f"cannot read {path}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise GradmemError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            data = yaml.safe_load(decode_text(raw, str(path))) or {}
+        except yaml.YAMLError as exc:  # a python/object tag too: safe_load builds no objects
+            raise GradmemError(f"{path}: not valid YAML ({shown(str(exc).splitlines()[0])})") from None
+        except RecursionError:
+            raise GradmemError(f"{path}: not valid YAML (nested too deeply)") from None
         if not isinstance(data, dict):
             raise GradmemError(f"{path}: expected a mapping of config fields")
         unknown = sorted(set(data) - set(defaults))

@@ -29,7 +29,7 @@ from gradmem_cli.training.checkpoint_eval import teacher_forced_em
 from gradmem_cli.training.config import TrainConfig
 from gradmem_cli.processes import Distributed, StopFlag
 from gradmem_cli.training.model import build, encode, load_model_weights, save_model, scores
-from gradmem_cli.training.runfolder import Run, read_state
+from gradmem_cli.training.runfolder import Run, read_state, run_kind
 
 
 def train_samples(cfg: TrainConfig, step: int, rank: int, pairs: int) -> list[Example]:
@@ -76,14 +76,15 @@ class _Window:
 class _Trainer:
     """One run: the model, its optimiser, the run folder, and the state a resume restores."""
 
-    def __init__(self, cfg: TrainConfig, command: str, dist: Distributed):
+    def __init__(self, cfg: TrainConfig, command: str, dist: Distributed, resume: bool = False):
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cfg, self.dist = cfg, dist
+        self.run = Run(cfg, main_process=dist.rank == 0)
+        self.run.claim(RUN, resume, [p for p in (cfg.init_from, cfg.backbone) if p and Path(p).exists()])
+        self.run.check_config()
         self.device = dist.device(cfg.device)
         self.task = get_task(cfg.task)
-        self.run = Run(cfg, main_process=dist.rank == 0)
-        self.run.check_config()
         self.model, self.tokenizer = build(cfg, self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.betas),
@@ -187,12 +188,16 @@ class _Trainer:
         return record, advance, best
 
 
-def train(cfg: TrainConfig, command: str = "") -> TrainResult:
-    """Run (or resume) the training described by ``cfg``; returns where it stopped and why."""
+RUN = run_kind(TrainConfig, "a gradmem train run")
+
+
+def train(cfg: TrainConfig, command: str = "", resume: bool = False) -> TrainResult:
+    """Run the training described by ``cfg`` (``resume``: continue the run already in its folder);
+    returns where it stopped and why."""
     cfg.validate()
     dist = Distributed()
     try:
-        return _loop(_Trainer(cfg, command, dist))
+        return _loop(_Trainer(cfg, command, dist, resume))
     finally:
         dist.close()
 
@@ -216,7 +221,7 @@ def _loop(trainer: _Trainer) -> TrainResult:
                 stopped = "stop_em"
                 break
             if stop.requested or timed_out:
-                stopped = "interrupted" if stop.requested else "max_minutes"
+                stopped = stop.reason if stop.requested else "max_minutes"
                 break
     meta = trainer.meta
     trainer.run.log(f"stopped at step {meta['step']} ({stopped}); best EM {meta['best_em']:.4f} "

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from gradmem_cli.errors import UsageError
+from gradmem_cli.errors import UsageError, shown, validated
 from gradmem_cli.evaluation.metrics import mean
 from gradmem_cli.lm import adapter
 from gradmem_cli.lm.generate import Reader, prompt_ids
@@ -40,7 +40,7 @@ from gradmem_cli.tasks.base import Example, Options, file_source, word_runs
 from gradmem_cli.tasks.qa import load_qa
 from gradmem_cli.training.config import LoopSettings
 from gradmem_cli.processes import StopFlag
-from gradmem_cli.training.runfolder import Run, read_state
+from gradmem_cli.training.runfolder import Run, read_state, run_kind
 from gradmem_cli.writers.config import WriteConfig
 
 
@@ -124,10 +124,7 @@ class ReaderTrainConfig(LoopSettings):
             (self.rank >= 1 and self.alpha > 0 and bool(self.targets), "rank >= 1, alpha > 0, targets not empty"),
             (self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(f"reader config: {message}")
-        return self
+        return validated(self, checks, "reader config: ", options=False)
 
 
 @dataclass
@@ -172,10 +169,14 @@ def training_rows(cfg: ReaderTrainConfig, held: list[Row]) -> tuple[list[Row], i
 class ReaderTrainer:
     """The base model with a fresh reader, its memories, data, optimiser and run folder."""
 
-    def __init__(self, cfg: ReaderTrainConfig, command: str = ""):
+    def __init__(self, cfg: ReaderTrainConfig, command: str = "", resume: bool = False):
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cfg = cfg
+        self.run = Run(cfg)
+        self.run.claim(RUN, resume, [p for p in (cfg.train_data, cfg.eval_data, cfg.model, cfg.memories)
+                                     if p and Path(p).exists()])
+        self.run.check_config()
         self.task = get_task(cfg.task)
         self.lm: LoadedModel = load_model(cfg.model, device=cfg.device, quiet=True)
         torch.manual_seed(cfg.seed)
@@ -184,11 +185,10 @@ class ReaderTrainer:
             alpha=cfg.alpha, targets=list(cfg.targets)))
         self.params = adapter.reader_parameters(self.lm)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
-        self.run = Run(cfg)
-        self.run.check_config()
         self.store = MemoryStore(cfg.memories or Path(cfg.out) / "memories", self.lm,
                                  WriteConfig(space=cfg.space, init=cfg.init, cycle=cfg.cycle,
-                                             warmup=cfg.warmup).resolve(self.lm))
+                                             warmup=cfg.warmup).resolve(self.lm),
+                                 on_rewrite=lambda message: self.run.log(f"warning: {shown(message, 1000)}"))
         self.eval_rows = held_out(cfg)
         self.train_rows, leaked = training_rows(cfg, self.eval_rows)
         if leaked:
@@ -329,10 +329,14 @@ class ReaderTrainer:
         self.run.save(lambda folder: adapter.save(self.lm, folder), self.optimizer, dict(self.meta), best)
 
 
-def train_reader(cfg: ReaderTrainConfig, command: str = "") -> dict[str, Any]:
-    """Run (or resume) a reader training; returns where it stopped, the best step and the last scores."""
+RUN = run_kind(ReaderTrainConfig, "a gradmem train-reader run")
+
+
+def train_reader(cfg: ReaderTrainConfig, command: str = "", resume: bool = False) -> dict[str, Any]:
+    """Run a reader training (``resume``: continue the run already in its folder); returns where it
+    stopped, the best step and the last scores."""
     cfg.validate()
-    trainer = ReaderTrainer(cfg, command)
+    trainer = ReaderTrainer(cfg, command, resume)
     trainer.prepare()
     started, losses, stopped = time.perf_counter(), [], "max_steps"
     with StopFlag() as stop:
@@ -346,7 +350,7 @@ def train_reader(cfg: ReaderTrainConfig, command: str = "") -> dict[str, Any]:
             if step % cfg.eval_every == 0 or step == cfg.max_steps or stop.requested or timed_out:
                 trainer.checkpoint()
             if stop.requested or timed_out:
-                stopped = "interrupted" if stop.requested else "max_minutes"
+                stopped = stop.reason if stop.requested else "max_minutes"
                 break
     trainer.run.log(f"stopped at step {trainer.meta['step']} ({stopped}); best EM {trainer.meta['best'][0]:.4f} "
                     f"at step {trainer.meta['best_step']}")

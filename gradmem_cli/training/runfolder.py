@@ -16,18 +16,21 @@ a run killed at any moment resumes from its last complete checkpoint. Nothing is
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from gradmem_cli.errors import UsageError
+from gradmem_cli.memory.fileio import MAX_CONFIG_BYTES, atomic_write_bytes, loads_json, read_capped
+from gradmem_cli.memory.outputs import FolderKind, claim_folder
 
 if TYPE_CHECKING:
     from gradmem_cli.training.config import TrainConfig
@@ -36,6 +39,31 @@ if TYPE_CHECKING:
 # (A moved folder, a memory store elsewhere, a longer run: the same training.)
 RESUMABLE_CHANGES = {"out", "memories", "cached_only", "max_steps", "eval_every", "log_every", "threads",
                      "keep_checkpoints", "stop_em", "max_minutes", "device", "eval_batch_size"}
+
+
+# What a run folder holds (the module docstring; ``memories``: a reader run's default memory store).
+ENTRIES = {"config.yaml", "command.txt", "train.log", "metrics.jsonl", "checkpoints", "latest", "best", "memories",
+           ".latest.tmp", ".best.tmp"}
+
+
+def run_kind(cls: type, noun: str) -> FolderKind:
+    """Run folders of the command whose settings are the dataclass ``cls``: only the entries a run
+    folder has, and a ``config.yaml`` whose keys are all settings of ``cls``."""
+    import yaml
+
+    fields = {f.name for f in dataclasses.fields(cls)}
+
+    def recognise(folder: Path) -> bool:
+        names = {p.name for p in folder.iterdir()}
+        if not names <= ENTRIES or "config.yaml" not in names:
+            return False
+        try:
+            saved = yaml.safe_load(read_capped(folder / "config.yaml", MAX_CONFIG_BYTES))
+        except Exception:  # unreadable, not YAML: not a run folder
+            return False
+        return isinstance(saved, dict) and "out" in saved and set(saved) <= fields
+
+    return FolderKind(noun, recognise)
 
 
 def write_state(folder: Path, optimizer: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
@@ -60,7 +88,7 @@ def read_state(folder: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]
     from safetensors.torch import load_file
 
     tensors = load_file(str(folder / "training_state.safetensors"))
-    meta = json.loads((folder / "trainer_state.json").read_text())
+    meta = loads_json(read_capped(folder / "trainer_state.json", MAX_CONFIG_BYTES))
     slots: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
@@ -81,6 +109,12 @@ class Run:
         self.cfg = cfg
         self.root = Path(cfg.out)
         self.main = main_process
+
+    def claim(self, kind: FolderKind, resume: bool, inputs: Iterable[Path | str] = ()) -> None:
+        """Before any work: the out folder is new, empty, or (with ``resume``) a run of this command;
+        another folder is refused (:func:`~gradmem_cli.memory.outputs.claim_folder`)."""
+        if self.main:
+            claim_folder(self.root, kind, inputs, resume)
 
     @property
     def checkpoints(self) -> Path:
@@ -113,7 +147,7 @@ class Run:
         if not self.main:
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        atomic_write_bytes(self.root / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).encode())
         with open(self.root / "command.txt", "a") as fh:
             fh.write(command + "\n")
 
@@ -122,8 +156,8 @@ class Run:
         path = self.root / "metrics.jsonl"
         if not self.main or not path.is_file():
             return
-        keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-        path.write_text("".join(line + "\n" for line in keep))
+        keep = [line for line in path.read_text().splitlines() if line and loads_json(line).get("step", 0) <= step]
+        atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())
 
     def log(self, message: str, record: dict[str, Any] | None = None) -> None:
         if not self.main:

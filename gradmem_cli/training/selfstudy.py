@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gradmem_cli.errors import UsageError
+from gradmem_cli.errors import UsageError, validated
 from gradmem_cli.evaluation.metrics import contains, normalize_answer
 from gradmem_cli.lm.generate import Reader
 from gradmem_cli.tasks import get_task
@@ -51,10 +51,7 @@ class SelfStudyConfig:
     def validate(self) -> SelfStudyConfig:
         checks = [(self.per_passage >= 1, "--per-passage must be at least 1"),
                   (1 <= self.min_words <= self.max_words, "need 1 <= --min-words <= --max-words")]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(message)
-        return self
+        return validated(self, checks)
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")

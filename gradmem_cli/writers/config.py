@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from gradmem_cli.errors import UsageError
+from gradmem_cli.errors import UsageError, validated
 from gradmem_cli.lm.dtypes import DTYPES
 from gradmem_cli.lm.memlm import lr_at
 from gradmem_cli.lm.spaces import SPACES
@@ -121,10 +121,7 @@ class WriteConfig:
             (self.probe_tokens >= 1, "--probe-tokens must be at least 1"),
             (self.distill_weight >= 0, "--distill-weight must be 0 or more"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(message)
-        return self
+        return validated(self, checks)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a ``.gmem`` records them. ``start`` appears only when a start was used,

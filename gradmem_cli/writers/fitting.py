@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from gradmem_cli.errors import GradmemError, UsageError
+from gradmem_cli.errors import GradmemError, UsageError, validated
 from gradmem_cli.writers.config import ResolvedWrite
 from gradmem_cli.writers.optimizer import OptimizerWriter
 from gradmem_cli.writers.start import Start
@@ -40,10 +40,7 @@ class FitConfig:
                   (self.batch >= 1, "--batch must be at least 1"),
                   (self.inner_steps >= 1, "--inner-steps must be at least 1"),
                   (self.outer_lr > 0, "--outer-lr must be positive")]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(message)
-        return self
+        return validated(self, checks)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from gradmem_cli.errors import GradmemError
+from gradmem_cli.errors import GradmemError, shown
 from gradmem_cli.lm.memlm import MemoryLM, token_loss
 from gradmem_cli.lm.spaces.embed import frame
 from gradmem_cli.memory.fileio import read_config_json
@@ -65,9 +65,9 @@ class WriterConfig:
 
     def validate(self) -> WriterConfig:
         if self.kind not in KINDS:
-            raise GradmemError(f"unknown writer kind '{self.kind}' (expected {' or '.join(KINDS)})")
+            raise GradmemError(f"unknown writer kind '{shown(self.kind)}' (expected {' or '.join(KINDS)})")
         if self.grad_mode not in GRAD_MODES:
-            raise GradmemError(f"unknown grad_mode '{self.grad_mode}' (expected none, first or second)")
+            raise GradmemError(f"unknown grad_mode '{shown(self.grad_mode)}' (expected none, first or second)")
         if self.mem_tokens < 1 or self.steps < 0:
             raise GradmemError("a writer needs mem_tokens >= 1 and steps >= 0")
         return self

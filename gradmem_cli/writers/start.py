@@ -23,15 +23,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from gradmem_cli.errors import GradmemError, UsageError
+from gradmem_cli.errors import GradmemError, UsageError, shown
 from gradmem_cli.lm.fingerprint import Fingerprint
-from gradmem_cli.memory.fileio import FileState, atomic_write_bytes, file_state, open_safetensors
+from gradmem_cli.memory.fileio import FileState, atomic_write_bytes, loads_json, open_safetensors
+from gradmem_cli.memory.outputs import Claim, Kind, claim
 
 if TYPE_CHECKING:
     from gradmem_cli.lm.loading import LoadedModel
@@ -75,22 +77,23 @@ def _metadata(lm: LoadedModel, fitted: dict[str, Any]) -> dict[str, str]:
             "model_fingerprint": json.dumps(dataclasses.asdict(lm.fingerprint)), "fitted": json.dumps(fitted)}
 
 
-def claim_start_output(path: Path, force: bool) -> FileState | None:
-    """Refuse an output that is anything but a start file, and a start file without ``force``; what
-    is at ``path`` now (the publish fails if that changes meanwhile). Checked before a fit, which can
-    take hours, rather than when it saves."""
-    if not path.parent.is_dir():
-        raise GradmemError(f"cannot write {path}: no such folder {path.parent}")
-    if path.exists() or path.is_symlink():
-        if not path.is_file():
-            raise GradmemError(f"cannot write to {path}: not a regular file")
-        try:
-            read_start(path)
-        except GradmemError:
-            raise GradmemError(f"refusing to overwrite {path}: it is not a gradmem start file") from None
-        if not force:
-            raise GradmemError(f"{path} already exists (use --force to overwrite it)")
-    return file_state(path)
+def is_start_file(path: Path) -> bool:
+    """Whether ``path`` holds a valid start file (of any model)."""
+    try:
+        read_start(path)
+    except GradmemError:
+        return False
+    return True
+
+
+START = Kind("a gradmem start file", is_start_file)
+
+
+def claim_start_output(path: Path, force: bool, inputs: Iterable[Path | str] = ()) -> Claim:
+    """The start file to write (:func:`~gradmem_cli.memory.outputs.claim`: an existing start file only
+    with ``force``, never anything else). Checked before a fit, which can take hours, and again when it
+    saves (the publish fails if the file changed meanwhile)."""
+    return claim(path, START, inputs, force)
 
 
 def save_start(path: Path, start: Start, lm: LoadedModel, fitted: dict[str, Any],
@@ -114,13 +117,13 @@ def read_start(path: Path | str) -> Start:
         if meta.get("format") != START_FORMAT:
             raise GradmemError(f"{path} is not a gradmem start file")
         if str(meta.get("format_version", "")).split(".")[0] != START_FORMAT_VERSION.split(".")[0]:
-            raise GradmemError(f"{path}: start format {meta.get('format_version')} is not supported "
+            raise GradmemError(f"{path}: start format {shown(meta.get('format_version'), 20)} is not supported "
                                "by this gradmem")
         names = set(fh.keys())
         if not set(TENSORS) <= names <= set(TENSORS + OPTIONAL):
             raise GradmemError(f"{path}: corrupt start file (expected tensors {', '.join(TENSORS + OPTIONAL)})")
         tensors = {name: fh.get_tensor(name).float() for name in sorted(names)}
-        json.loads(meta["model_fingerprint"])
+        loads_json(meta["model_fingerprint"])
     bias = tensors["bias"]
     m = bias.shape[0] if bias.dim() == 2 else -1
     tensors.setdefault("positions", torch.zeros(max(m, 0), 0))
@@ -142,12 +145,12 @@ def read_start(path: Path | str) -> Start:
 def start_problem(start: Start, lm: LoadedModel, mem_tokens: int) -> str | None:
     """Why ``start`` cannot start writes of ``lm`` with ``mem_tokens`` vectors, or None."""
     try:
-        recorded = Fingerprint.from_dict(json.loads(start.meta["model_fingerprint"]))
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError):
+        recorded = Fingerprint.from_dict(loads_json(start.meta["model_fingerprint"]))
+    except (KeyError, TypeError, ValueError):
         return "it records no valid model fingerprint"
     reason = recorded.mismatch(lm.fingerprint)
     if reason:
-        return f"it was fitted for '{start.meta.get('model_id')}' ({reason})"
+        return f"it was fitted for '{shown(start.meta.get('model_id'))}' ({reason})"
     if start.bias.shape[1] != lm.hidden_size:
         return f"its vectors have {start.bias.shape[1]} dimensions, the model {lm.hidden_size}"
     if start.mem_tokens != mem_tokens:
