@@ -34,9 +34,9 @@ demo: setup
 	@printf "%-42s" "memory, frozen model:"; $(BIN)/gradmem ask $(DEMO)/lighthouse.gmem "$(LQUESTION)" --max-new-tokens 16
 	@printf "%-42s" "text rebuilt from memory, frozen model:"; $(BIN)/gradmem ask $(DEMO)/lighthouse.gmem "$(LQUESTION)" --via text --max-new-tokens 16
 	@printf "%-42s" "text rebuilt, self-study reader:"; $(BIN)/gradmem ask $(DEMO)/lighthouse.gmem "$(LQUESTION)" --via text --reader $(READERS)/smollm2-selfstudy --max-new-tokens 8
-	# --init tokens --cycle 0 --warmup 0.1: the shipped memory reader was trained on memories written
-	# from the token start with one decay, before the fitted start and the cycles
-	$(BIN)/gradmem write samples/story.txt -o $(DEMO)/story.gmem --force --init tokens --cycle 0 --warmup 0.1
+	# --space embed --init tokens --cycle 0 --warmup 0.1: the shipped memory reader was trained on embedding
+	# memories written from the token start with one decay, before kv memories, the fitted start and the cycles
+	$(BIN)/gradmem write samples/story.txt -o $(DEMO)/story.gmem --force --space embed --init tokens --cycle 0 --warmup 0.1
 	@echo "--- Where is Mary? (samples/story.txt; the answer is: office)"
 	@printf "%-42s" "no memory, frozen model:"; $(BIN)/gradmem ask $(DEMO)/story.gmem "$(QUESTION)" --via none --max-new-tokens 16
 	@printf "%-42s" "memory, frozen model:"; $(BIN)/gradmem ask $(DEMO)/story.gmem "$(QUESTION)" --max-new-tokens 16

@@ -243,7 +243,9 @@ def check_model(lm: LoadedModel, memfile: MemoryFile) -> None:
     if len(lm.prefix_ids) + header.mem_tokens + lead + max(header.tokens_per_segment) > lm.window:
         raise GradmemError(f"{name}: a segment of {max(header.tokens_per_segment)} tokens after {header.mem_tokens} "
                            f"slots does not fit the model's window of {lm.window}")
-    trained_on = lm.reader.training.get("space", "embed") if lm.reader is not None else space.name
+    # A reader of memories reads one space; a reader of text (input: context) reads any memory's rebuilt text.
+    reads_memory = lm.reader is not None and lm.reader.training.get("input", "memory") == "memory"
+    trained_on = lm.reader.training.get("space", "embed") if reads_memory else space.name
     if trained_on != space.name:
         raise GradmemError(f"reader mismatch: the reader was trained on {trained_on} memories and {name} holds a "
                            f"{space.name} memory")

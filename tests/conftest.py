@@ -62,7 +62,7 @@ def build_tiny_model(folder: Path, bos: bool, chat: bool, seed: int = 0, hidden:
 
 
 # Write settings that solve short texts on the tiny models in well under a second.
-FAST = ["--lr", "0.3", "--steps", "300"]
+FAST = ["--space", "embed", "--lr", "0.3", "--steps", "300"]  # most tests pin the embedding space; test_spaces covers kv
 TEXT = "Mira Okafor keeps the old lighthouse on Gull Point."
 
 

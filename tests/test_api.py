@@ -8,7 +8,7 @@ import gradmem_cli as gm
 from conftest import FAST
 
 TEXT = "Mira Okafor keeps the old lighthouse on Gull Point."
-OPTIONS = {"lr": float(FAST[1]), "steps": int(FAST[3])}
+OPTIONS = {"space": FAST[1], "lr": float(FAST[3]), "steps": int(FAST[5])}
 
 
 @pytest.fixture(scope="module")

@@ -241,7 +241,9 @@ def test_7_sigterm_is_handled_like_ctrl_c(folder, tiny_model, tmp_path):
     time.sleep(3)
     os.kill(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143 and err.strip() == "error: terminated"
+    # The last line is the one-line error. (Rarely, the stop lands while Python reports an ignored exception
+    # from a finalizer, which leaves that half-line above it: Python's, not one gradmem can withhold.)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1].endswith("error: terminated")
     assert _gone(kids, 10) == []
     assert not out.exists() or all(memfile.load(p) for p in out.iterdir())  # no partial file, no empty folder
 

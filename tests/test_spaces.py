@@ -16,7 +16,7 @@ from gradmem_cli.lm.spaces import SPACES
 from gradmem_cli.memory import memfile
 
 TEXT = "Mary went to the kitchen. John picked up the apple."
-KV = ["--space", "kv", *FAST]
+KV = ["--space", "kv", *FAST[2:]]  # FAST without its --space embed
 
 
 @pytest.fixture(params=["tiny_model", "tiny_chat_model"])
@@ -174,6 +174,44 @@ def test_a_reader_refuses_memories_of_another_space(tiny_model, tmp_path, run):
                                             training={"space": "embed"}))
     with pytest.raises(GradmemError, match="trained on embed memories"):
         engine.open_reader(lm, memfile.load(out))
+
+
+def test_a_reader_of_text_reads_any_space(tiny_model, tmp_path, run):
+    """A reader trained on text in the prompt (input: context) reads a kv memory's rebuilt text."""
+    from gradmem_cli import engine
+    from gradmem_cli.lm import adapter
+    import dataclasses
+
+    doc = tmp_path / "d.txt"
+    doc.write_text(TEXT)
+    out = tmp_path / "d.gmem"
+    assert run("write", doc, "-o", out, "-m", tiny_model, *KV, "-q").code == 0
+    lm = load_model(tiny_model, device="cpu")
+    adapter.attach(lm, adapter.ReaderConfig(base_model=lm.spec, base_fingerprint=dataclasses.asdict(lm.fingerprint),
+                                            training={"space": "embed", "input": "context"}))
+    engine.check_model(lm, memfile.load(out))  # no refusal
+
+
+def test_the_default_space_is_kv_where_the_model_can_hold_it(run, tiny_model, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from conftest import build_tiny_model
+    from gradmem_cli.writers.config import WriteConfig
+
+    doc = tmp_path / "d.txt"
+    doc.write_text(TEXT)
+    out = tmp_path / "d.gmem"
+    assert run("write", doc, "-o", out, "-m", tiny_model, "--lr", "0.3", "-q").code == 0
+    assert memfile.load(out).header.space == "kv"
+    lm = load_model(tiny_model, device="cpu")
+    assert WriteConfig().default_space(lm) == "kv"
+    # What only the embedding space has chooses it: a fitted start, the distill objective.
+    assert WriteConfig(init="fitted").default_space(lm) == "embed"
+    assert WriteConfig(objective="distill").default_space(lm) == "embed"
+    folder = build_tiny_model(tmp_path / "gpt2", bos=False, chat=False)
+    config = AutoConfig.for_model("gpt2", vocab_size=400, n_embd=32, n_layer=2, n_head=4, n_positions=128)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    assert WriteConfig().default_space(load_model(str(folder), device="cpu")) == "embed"  # no rotary: no kv
 
 
 @pytest.mark.parametrize("method", ["kv-last", "kv-snap"])

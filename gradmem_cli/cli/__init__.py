@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 from typing import Any
 
 import typer
@@ -28,21 +27,6 @@ def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _quiet_stop(hook: Any) -> Any:
-    """A stop that lands inside a finalizer cannot unwind from there: Python hands it to the unraisable
-    hook, which would print a half-line of traceback. Drop it there and send the stop again, from a
-    thread, so that it lands in the main flow."""
-
-    def unraisable(info: Any) -> None:
-        if isinstance(info.exc_value, KeyboardInterrupt):
-            sig = signal.SIGTERM if _TERMINATED else signal.SIGINT
-            threading.Timer(0.05, os.kill, (os.getpid(), sig)).start()
-            return
-        hook(info)
-
-    return unraisable
-
-
 def _fail(message: str, code: int) -> None:
     print(f"error: {shown(message, MESSAGE_CHARS)}", file=sys.stderr)
     sys.exit(code)
@@ -63,8 +47,6 @@ def main() -> None:
         previous = signal.signal(signal.SIGTERM, _terminate)
     except ValueError:  # not the main thread: leave signals alone
         previous = None
-    hook = sys.unraisablehook
-    sys.unraisablehook = _quiet_stop(hook)
     try:
         # Without standalone mode typer returns the exit code of typer.Exit, which is also how
         # it reports Ctrl-C (130).
@@ -90,6 +72,5 @@ def main() -> None:
             raise
         _fail(f"{type(exc).__name__}: {exc} (set GRADMEM_DEBUG=1 for the traceback)", 1)
     finally:
-        sys.unraisablehook = hook
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

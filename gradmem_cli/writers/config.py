@@ -25,7 +25,9 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 INITS = ("tokens", "random", "fitted", "learned")
 CYCLE_STEPS_PER_TOKEN = 150 / 64  # tuned on benchmarks/tuning: 64-token segments settle best in cycles of 150
-DEFAULT_SPACE = "embed"
+# kv writes exactly in a fraction of embed's steps and wall time on real prose (docs/performance.md,
+# benchmarks/results/memory_space/); embed stays for what only it does (see WriteConfig.default_space).
+DEFAULT_SPACE = "kv"
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,8 @@ class WriteConfig:
 
     space: str | None = field(default=None, metadata={
         "help": "Where the memory lives: " + "; ".join(f"{s.name} = {s.help}" for s in SPACES.values())
-                + f" (default: {DEFAULT_SPACE})."})
+                + f" (default: {DEFAULT_SPACE} where the model can hold it; embed for --init fitted, --start, "
+                  "the distill and mix objectives, and models a prefix cache cannot serve)."})
     mem_tokens: int | None = field(default=None, metadata={
         "help": "m: memory slots per segment (default: " + ", ".join(
             f"{s.name} {s.defaults['mem_tokens']}" for s in SPACES.values()) + "; a trained writer's m)."})
@@ -140,7 +143,7 @@ class WriteConfig:
         writer = lm.writer
         init = self.init or ("learned" if writer is not None else "tokens")
         if init != "learned":
-            space = SPACES[self.space or DEFAULT_SPACE]
+            space = SPACES[self.space or self.default_space(lm)]
             self._check_space(lm, space.name)
             plain = {"steps": OBJECTIVES[self.objective].default_steps, "optimizer": "adam", **space.defaults}
             values = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in plain.items()}
@@ -181,6 +184,13 @@ class WriteConfig:
             "steps": writer.cfg.steps if self.steps is None else self.steps,
             "lr": writer.cfg.inner_lr if self.lr is None else self.lr,
         }).fits(lm)
+
+    def default_space(self, lm: LoadedModel) -> str:
+        """The space when ``--space`` is not given: kv, unless these settings ask for what only the
+        embedding space has (a fitted start, the distill or mix objective) or the model cannot hold a
+        prefix cache (sliding-window or other non-full attention, no rotary embedding)."""
+        wants_embed = self.objective != "reconstruct" or self.init == "fitted" or self.start is not None
+        return "embed" if wants_embed or SPACES[DEFAULT_SPACE].refusal(lm) else DEFAULT_SPACE
 
     def _check_space(self, lm: LoadedModel, space: str) -> None:
         """Refuse, before any work, a space this model or these settings cannot write."""
