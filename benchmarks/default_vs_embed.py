@@ -50,7 +50,7 @@ def run_arm(files: list[Path], extra: list[str], work: Path, threads: int) -> di
     rows = []
     for report in reports:
         gmem = Path(report["output"])
-        text = source / Path(report["source"]).name
+        text = Path(report["input"])
         check = subprocess.run(gradmem() + ["inspect", str(gmem), "--reconstruct", "--against", str(text), "--json"],
                                check=True, capture_output=True, text=True, env=env)
         rebuilt = json.loads(check.stdout)["reconstruction"]

@@ -169,24 +169,37 @@ def positions(args: argparse.Namespace) -> None:
         log(path.stem, {k: round(sum(v) / len(v), 3) for k, v in rows.items()})
 
 
+BANDS = ((100, 199), (200, 499), (500, 10**9))  # text tokens, as datasets/prose bands them
+
+
 def table(args: argparse.Namespace) -> None:
-    lines = ["| arm | passages | exact | steps summed per passage, median (range) | seconds, median (total) | "
-             "file bytes, median | text's KV cache / file, median |", "|---|---|---|---|---|---|---|"]
+    """One row per arm (records of one arm may come from several files: lanes of one run), or per arm and
+    length band with ``--bands``."""
+    lines = ["| arm | tokens | passages | exact | steps summed per passage, median (range) | seconds, median (total) | "
+             "file bytes, median | text's KV cache / file, median |", "|---|---|---|---|---|---|---|---|"]
+    arms: dict[str, list[dict]] = {}
     for path in args.files:
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if not records:
-            continue
-        steps = [r["steps_sum"] for r in records]
-        seconds = [r["seconds"] for r in records]
-        lines.append(
-            f"| {records[0]['arm']} | {len(records)} | {sum(r['exact'] for r in records)} | {median(steps):g} "
-            f"({min(steps)}-{max(steps)}) | {median(seconds):.1f} ({sum(seconds):.0f}) | "
-            f"{median([r['file_bytes'] for r in records]):.0f} | "
-            f"{median([r['kv_cache_bytes'] / r['file_bytes'] for r in records]):.1f}x |")
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                arms.setdefault(record["arm"], []).append(record)
+    for arm, every in arms.items():
+        for low, high in BANDS if args.bands else ((0, 10**9),):
+            records = [r for r in every if low <= r["tokens"] <= high]
+            if not records:
+                continue
+            steps = [r["steps_sum"] for r in records]
+            seconds = [r["seconds"] for r in records]
+            band = "all" if not args.bands else f"{low}-{high}" if high < 10**9 else f"{low}+"
+            lines.append(
+                f"| {arm} | {band} | {len(records)} | {sum(r['exact'] for r in records)} | {median(steps):g} "
+                f"({min(steps)}-{max(steps)}) | {median(seconds):.1f} ({sum(seconds):.0f}) | "
+                f"{median([r['file_bytes'] for r in records]):.0f} | "
+                f"{median([r['kv_cache_bytes'] / r['file_bytes'] for r in records]):.1f}x |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        args.out.write_text(text)
+        args.out.write_text(f"$ {' '.join(['benchmarks/memory_space.py', *sys.argv[1:]])}\n\n{text}")
 
 
 def main() -> None:
@@ -207,6 +220,7 @@ def main() -> None:
     p = sub.add_parser("table")
     p.add_argument("files", type=Path, nargs="+")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--bands", action="store_true", help="a row per length band of text tokens")
     args = parser.parse_args()
     if args.command == "table":
         table(args)
