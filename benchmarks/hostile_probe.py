@@ -662,7 +662,7 @@ def bounds_cases(w: Workshop) -> list[Case]:
 def store_cases(w: Workshop) -> list[Case]:
     from gradmem_cli.lm.loading import load_model
     from gradmem_cli.memory import memfile
-    from gradmem_cli.memory.store import MemoryStore
+    from gradmem_cli.engine.store import MemoryStore
     from gradmem_cli.writers.config import WriteConfig
     from safetensors.torch import save_file
 

@@ -270,7 +270,7 @@ def test_8_a_full_disk_gives_one_line_and_removes_the_empty_folder(folder, tiny_
 
 def test_9_a_forged_store_entry_is_checked_against_its_text_and_rewritten(tiny_model, tmp_path):
     from gradmem_cli.lm.loading import load_model
-    from gradmem_cli.memory.store import MemoryStore
+    from gradmem_cli.engine.store import MemoryStore
     from gradmem_cli.writers.config import WriteConfig
 
     lm = load_model(tiny_model, device="cpu")

@@ -12,7 +12,7 @@ from gradmem_cli.lm import adapter
 from gradmem_cli.lm.generate import reconstruct
 from gradmem_cli.lm.loading import load_model
 from gradmem_cli.memory import memfile
-from gradmem_cli.memory.store import MemoryStore, text_key
+from gradmem_cli.engine.store import MemoryStore, text_key
 from gradmem_cli.writers.config import WriteConfig
 
 SMALL = ["--set", "train_stories=4", "--set", "eval_stories=2", "--set", "batch_size=4", "--set", "rank=4",

@@ -14,19 +14,20 @@ from typing import Annotated, Optional
 
 import typer
 
-from gradmem_cli import __version__
 from gradmem_cli.cli.options import (
     JsonOpt, ModelOpt, ReadModelOpt, ReaderOpt, ResumeOpt, RunOptions, SeedOpt, config_options, emit_json, run_options,
     write_options,
 )
+from gradmem_cli.cli.summary import SUMMARY
 from gradmem_cli.errors import GradmemError, UsageError
 from gradmem_cli.tasks import TASKS
 from gradmem_cli.training.selfstudy import SelfStudyConfig
+from gradmem_cli.version import __version__
 from gradmem_cli.writers.config import WriteConfig
 from gradmem_cli.writers.fitting import FitConfig
 
 app = typer.Typer(
-    help="Write documents into a few memory vectors by test-time gradient descent; answer from them later.",
+    help=SUMMARY,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -61,8 +62,8 @@ def write(
     from gradmem_cli.lm.loading import load_model
     from gradmem_cli.memory.documents import read_inputs
     from gradmem_cli.memory.outputs import claim_outputs, output_folder, output_paths
-    from gradmem_cli.memory.store import written_as
-    from gradmem_cli.processes import Distributed, default_workers
+    from gradmem_cli.engine.store import written_as
+    from gradmem_cli.engine.processes import Distributed, default_workers
 
     if workers < 0:
         raise UsageError("--workers must be 0 (automatic) or more")
@@ -150,7 +151,7 @@ def _write_in_workers(todo: list, model: str | None, options: WriteConfig, cfg, 
     import os
 
     from gradmem_cli.cli.progress import make_progress, plain
-    from gradmem_cli.processes import WriteItem, WriteJob, write_in_workers
+    from gradmem_cli.engine.processes import WriteItem, WriteJob, write_in_workers
 
     items = [WriteItem(str(d.path), str(c.path), c.state) for d, c in todo]
     job = WriteJob(model, run.device, run.dtype, max(1, (os.cpu_count() or 1) // count), options.to_dict())
@@ -320,7 +321,7 @@ def eval_(
     from gradmem_cli.lm import adapter
     from gradmem_cli.lm.loading import load_model
     from gradmem_cli.memory.outputs import EVAL_RESULT, EVAL_SAMPLES, claim_all, claim_folder, write_records
-    from gradmem_cli.memory.store import STORE, MemoryStore
+    from gradmem_cli.engine.store import STORE, MemoryStore
     from gradmem_cli.tasks import get_task
     from gradmem_cli.tasks.base import Options
 

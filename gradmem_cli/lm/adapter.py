@@ -26,7 +26,7 @@ import torch
 
 from gradmem_cli.errors import GradmemError, shown
 from gradmem_cli.lm.fingerprint import Fingerprint
-from gradmem_cli.memory.fileio import read_config_json
+from gradmem_cli.fileio import read_config_json
 
 if TYPE_CHECKING:
     from gradmem_cli.lm.loading import LoadedModel

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from gradmem_cli import __version__
+from gradmem_cli.version import __version__
 from gradmem_cli.errors import GradmemError, shown
 from gradmem_cli.lm import adapter
 from gradmem_cli.lm.fingerprint import Fingerprint, kv_bytes_per_token, model_shape
