@@ -57,6 +57,16 @@ class ReaderConfig:
     format: str = READER_FORMAT
     format_version: str = READER_FORMAT_VERSION
 
+    @property
+    def memory_space(self) -> str | None:
+        """The memory space this reader reads (readers trained before spaces existed read embedding
+        memories); None for a reader of text in the prompt (``input: context``), which reads any space's
+        rebuilt text."""
+        if self.training.get("input", "memory") != "memory":
+            return None
+        space = self.training.get("space", "embed")
+        return space if isinstance(space, str) else "embed"
+
     def validate(self) -> ReaderConfig:
         ok = (isinstance(self.rank, int) and not isinstance(self.rank, bool) and 1 <= self.rank <= 4096
               and isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool)
