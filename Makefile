@@ -1,4 +1,4 @@
-# Two entry points: `make demo` (the main job on the default model) and `make test`.
+# Two entry points: `make demo` (the main job on the default model) and `make test` (`make test-all`: every tier).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,7 +8,7 @@ READERS := samples/readers
 QUESTION := Where is Mary? Answer with one word.
 LQUESTION := Where does Mira keep the old lighthouse? Answer with a short phrase.
 
-.PHONY: setup setup-qwen demo test clean
+.PHONY: setup setup-qwen demo test test-all clean
 
 setup: $(STAMP)
 
@@ -44,7 +44,11 @@ demo: setup
 	@printf "%-42s" "text rebuilt from memory, frozen model:"; $(BIN)/gradmem ask $(DEMO)/story.gmem "$(QUESTION)" --via text --max-new-tokens 16
 	@printf "%-42s" "text rebuilt from memory, trained reader:"; $(BIN)/gradmem ask $(DEMO)/story.gmem "$(QUESTION)" --via text --reader $(READERS)/smollm2-babi-qa1 --max-new-tokens 8
 
+# The fast tier (about 6 minutes on 2 cores); test-all adds the checks that take minutes each (CI runs it).
 test: setup
+	$(BIN)/python -m pytest -q -m "not full"
+
+test-all: setup
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -54,7 +54,7 @@ RAW = {chr(c) for c in range(0x20) if c not in (0x09, 0x0A)} | {chr(0x7F)} | {ch
     | set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
 HOSTILE = "\x1b[2J\x1b[31mred\x9b1m\u202eevil\x07"
 MARKUP = "[/][bold]x[/bold][link=file:///etc/passwd]y[/link]"
-FAST = ["--lr", "0.3", "--steps", "300"]
+FAST = ["--space", "embed", "--lr", "0.3", "--steps", "300"]  # the fuzzed files are float32 embedding memories
 SLOW = ["--lr", "0.0001", "--steps", "100000", "--target-acc", "1"]  # a write that runs until stopped
 
 
@@ -662,7 +662,7 @@ def bounds_cases(w: Workshop) -> list[Case]:
 def store_cases(w: Workshop) -> list[Case]:
     from gradmem_cli.lm.loading import load_model
     from gradmem_cli.memory import memfile
-    from gradmem_cli.memory.store import MemoryStore
+    from gradmem_cli.engine.store import MemoryStore
     from gradmem_cli.writers.config import WriteConfig
     from safetensors.torch import save_file
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import eval_once  # noqa: E402
 from gradmem_cli.evaluation.harness import f1_to_full_context  # noqa: E402
-from gradmem_cli.evaluation.metrics import mean  # noqa: E402
+from gradmem_cli.tasks.metrics import mean  # noqa: E402
 
 TASKS = {**{f"babi-qa{i}": ["babi", "--task", f"qa{i}"] for i in range(1, 6)}, "squad": ["squad"]}
 

@@ -6,7 +6,7 @@ is imported on first use, so that ``gradmem --help`` does not pay for torch.
 
 from typing import Any
 
-__version__ = "0.1.0"
+from gradmem_cli.version import __version__
 
 _API = ("Gradmem", "GradmemError", "Memory", "UsageError", "load", "load_memory")
 __all__ = [*_API, "__version__"]

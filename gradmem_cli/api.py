@@ -8,6 +8,7 @@
     print(model.reconstruct(gm.load_memory("note.gmem")))
     for piece in model.stream(mem, "Who keeps the lighthouse?"):
         print(piece, end="")
+    model.write_files(["docs/"], "memories/", workers=2)   # a folder, as `gradmem write docs/ -o memories/`
 
 Every expected failure raises :class:`GradmemError` (:class:`UsageError` for bad options), the same
 exceptions the CLI turns into one-line messages.
@@ -16,13 +17,12 @@ exceptions the CLI turns into one-line messages.
 from __future__ import annotations
 
 import os
-import queue
-import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from gradmem_cli import engine
+from gradmem_cli.engine.folders import FilesWritten, write_files
 from gradmem_cli.errors import GradmemError, UsageError, shown
 from gradmem_cli.lm import adapter
 from gradmem_cli.lm.generate import Answer
@@ -82,6 +82,7 @@ class Gradmem:
 
     def __init__(self, lm: LoadedModel):
         self.lm = lm
+        self._askers: dict[tuple[int, str], tuple[MemoryFile, engine.Asker]] = {}
 
     def write(self, text: str, name: str = "<text>", **options: Any) -> Memory:
         """Write one text into memory; ``options`` are ``gradmem write``'s (``steps=100``, ``lr=0.1``...)."""
@@ -100,9 +101,14 @@ class Gradmem:
         return [written[id(d)] for d in docs]
 
     def _asker(self, memory: Memory, via: str) -> engine.Asker:
+        """The asker of this memory and path, opened once (a rebuild for ``via="text"``, the model checks) and
+        kept for the next question."""
         if via not in engine.VIAS:
             raise UsageError(f"via must be one of {', '.join(engine.VIAS)}")
-        return engine.open_asker(self.lm, memory.file, via)
+        key = (id(memory.file), via)
+        if key not in self._askers or self._askers[key][0] is not memory.file:
+            self._askers[key] = (memory.file, engine.open_asker(self.lm, memory.file, via))
+        return self._askers[key][1]
 
     def answer(self, memory: Memory, question: str, via: str = "memory", **generation: Any) -> Answer:
         """The answer with its timings (``max_new_tokens``, ``temperature``, ``seed`` as for ``ask``)."""
@@ -115,26 +121,22 @@ class Gradmem:
         return self.answer(memory, question, via, **generation).text
 
     def stream(self, memory: Memory, question: str, via: str = "memory", **generation: Any) -> Iterator[str]:
-        """The answer as it is generated, piece by piece."""
-        pieces: queue.Queue = queue.Queue()
-        done = object()
-        failure: list[BaseException] = []
+        """The answer as it is generated, piece by piece (``max_new_tokens``, ``temperature``, ``seed``)."""
+        if not question.strip():
+            raise GradmemError("no question given")
+        return self._asker(memory, via).stream(question.strip(), **generation)
 
-        def produce() -> None:
-            try:
-                self.answer(memory, question, via, on_text=pieces.put, **generation)
-            except BaseException as exc:  # handed to the consumer below
-                failure.append(exc)
-            finally:
-                pieces.put(done)
-
-        worker = threading.Thread(target=produce, daemon=True)
-        worker.start()
-        while (piece := pieces.get()) is not done:
-            yield piece
-        worker.join()
-        if failure:
-            raise failure[0]
+    def write_files(self, inputs: Iterable[str | Path], output: str | Path | None = None, force: bool = False,
+                    skip_existing: bool = False, workers: int = 1, **options: Any) -> FilesWritten:
+        """``gradmem write`` on files, folders (their ``*.txt``) or ``-``: one ``.gmem`` each, in ``output``
+        (a file for one input, else a folder; None: next to each input), under the same output policy.
+        ``workers`` above 1 writes on that many processes (each loads the model); ``options`` as for
+        :meth:`write`."""
+        written = write_files([str(i) for i in inputs], Path(output) if output is not None else None,
+                              _write_config(options), lm=self.lm, force=force, skip_existing=skip_existing,
+                              workers=workers)
+        assert written is not None  # one process: it is rank 0
+        return written
 
     def fit_start(self, texts: Iterable[str], output: str | Path, mem_tokens: int = 8, segment_tokens: int = 64,
                   force: bool = False, **fit: Any) -> dict[str, Any]:

@@ -38,7 +38,38 @@ def test_ask_and_stream_agree_with_the_cli(model, memory, run, tmp_path, tiny_mo
     path = memory.save(tmp_path / "n.gmem")
     cli = run("ask", path, "Who keeps the lighthouse?", "--max-new-tokens", "8", "--json", "-m", tiny_model)
     assert json.loads(cli.out)["answer"] == answer
-    assert model.ask(memory, "Who keeps it?", via="text", max_new_tokens=4)
+    via_text = run("ask", path, "Who keeps it?", "--via", "text", "--max-new-tokens", "4", "--json", "-m", tiny_model)
+    assert model.ask(memory, "Who keeps it?", via="text", max_new_tokens=4) == json.loads(via_text.out)["answer"]
+
+
+def test_the_text_is_rebuilt_once_per_memory(model, memory, monkeypatch, tmp_path):
+    """Asking via text again reuses the rebuilt text (one rebuild, one model check per memory and path)."""
+    from gradmem_cli import engine
+
+    calls = []
+    real = engine.rebuild_text
+    monkeypatch.setattr(engine, "rebuild_text", lambda *a: calls.append(1) or real(*a))
+    fresh = gm.load_memory(memory.save(tmp_path / "fresh.gmem"))
+    for question in ("Who keeps it?", "Where is it?", "Who?"):
+        model.ask(fresh, question, via="text", max_new_tokens=2)
+    assert len(calls) == 1
+
+
+def test_write_files_is_the_clis_folder_write(model, run, tiny_model, tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for name, text in (("a", "First small note."), ("b", "A second, longer small note here.")):
+        (folder / f"{name}.txt").write_text(text)
+    written = model.write_files([folder], tmp_path / "api", **OPTIONS)
+    assert sorted(r["output"] for r in written.files) == [str(tmp_path / "api" / f"{n}.gmem") for n in "ab"]
+    cli = run("write", folder, "-o", tmp_path / "cli", "-m", tiny_model, *FAST, "--workers", "1", "-q")
+    assert cli.code == 0, cli.err
+    for name in "ab":
+        api_mem, cli_mem = (gm.load_memory(tmp_path / side / f"{name}.gmem") for side in ("api", "cli"))
+        assert model.reconstruct(api_mem) == (folder / f"{name}.txt").read_text()
+        assert api_mem.file.memory.equal(cli_mem.file.memory)  # same settings, same seed: the same memory
+    with pytest.raises(gm.GradmemError, match="--force"):
+        model.write_files([folder], tmp_path / "api", **OPTIONS)
 
 
 def test_write_many_batches_and_keeps_order(model):

@@ -1,9 +1,10 @@
-"""The house rules that keep the code walkable, checked on the source: no import circles (type-only
-imports included), one place that assembles model inputs, registries that take a new task or
-objective without other edits."""
+"""The house rules that keep the code walkable, checked on the source: layers that only import downward,
+no import circles, no duplicated code, one place that assembles model inputs, registries that take a new
+task or objective without other edits."""
 
-import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,50 +18,33 @@ from gradmem_cli.lm.spaces.embed import frame
 PACKAGE = Path(__file__).resolve().parents[1] / "gradmem_cli"
 
 
-def _module(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+ROOT = PACKAGE.parent
 
 
-def _imports(path: Path, modules: set[str]) -> set[str]:
-    """Modules of the package a file depends on at module level, type-only imports included (function
-    bodies, which defer an import, are left out); ``from pkg import mod`` counts as ``pkg.mod``."""
-    tree = ast.parse(path.read_text())
-    found = set()
-
-    def visit(node: ast.AST) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                continue
-            if isinstance(child, ast.ImportFrom) and child.module and child.module.startswith("gradmem_cli"):
-                subs = {f"{child.module}.{a.name}" for a in child.names} & modules
-                found.update(subs or {child.module})
-            elif isinstance(child, ast.Import):
-                found.update(a.name for a in child.names if a.name.startswith("gradmem_cli"))
-            visit(child)
-
-    visit(tree)
-    return found
+def test_layers_only_import_downward():
+    """The layers contract in pyproject.toml ([tool.importlinter]): no exceptions listed; imports inside
+    functions and under TYPE_CHECKING count."""
+    lint = Path(sys.executable).with_name("lint-imports")
+    done = subprocess.run([str(lint), "--no-cache"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and "1 kept, 0 broken" in done.stdout, done.stdout[-3000:] + done.stderr
 
 
 def test_no_import_circles():
-    files = {_module(p): p for p in PACKAGE.rglob("*.py")}
-    graph = {m: {i for i in _imports(p, set(files)) if i in files and i != m} for m, p in files.items()}
-    state: dict[str, int] = {}
+    """No module reaches itself through the package's imports, function-local ones included."""
+    import grimp
 
-    def cycle_from(node: str, path: list[str]) -> list[str] | None:
-        state[node] = 1
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == 1:
-                return path + [node, nxt]
-            if nxt not in state and (found := cycle_from(nxt, path + [node])):
-                return found
-        state[node] = 2
-        return None
+    graph = grimp.build_graph("gradmem_cli")
+    for module in sorted(graph.modules):
+        for imported in graph.find_modules_directly_imported_by(module):
+            assert graph.find_shortest_chain(importer=imported, imported=module) is None, (module, imported)
 
-    for module in sorted(graph):
-        if module not in state:
-            assert cycle_from(module, []) is None
+
+@pytest.mark.full
+def test_no_duplicate_code():
+    """pylint's duplicate-code check (R0801) over the package: no six-line block twice."""
+    done = subprocess.run([sys.executable, "-m", "pylint", "--disable=all", "--enable=duplicate-code",
+                           "--min-similarity-lines=6", "gradmem_cli"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-5000:]
 
 
 def test_model_inputs_are_built_in_one_place():

@@ -319,3 +319,33 @@ def test_write_help_shows_every_model_default(run):
     for shown in ("(default: adam;", "(default: embed cosine, kv constant;", "(default: embed 8, kv 2;",
                   "(default: fitted where gradmem ships a start for the model and m (reconstruct only), else tokens;"):
         assert shown in text, shown
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["--version"]])
+def test_help_and_version_answer_without_loading_torch(argv):
+    """`gradmem`, `gradmem --help` and `--version` print at once: no torch, no commands loaded."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.argv = ['gradmem', *sys.argv[1:]]\nfrom gradmem_cli.cli import main\nmain()\n"
+            "assert 'torch' not in sys.modules and 'gradmem_cli.cli.commands' not in sys.modules, 'loaded'")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    from gradmem_cli.version import __version__
+
+    if argv == ["--version"]:
+        assert done.stdout.strip() == f"gradmem {__version__}"
+    else:
+        assert "Commands:" in done.stdout and "train-reader" in done.stdout
+
+
+def test_the_quick_command_list_is_the_commands_own():
+    import typer
+
+    from gradmem_cli.cli import app
+    from gradmem_cli.cli.summary import COMMANDS
+
+    commands = typer.main.get_command(app).commands
+    assert list(COMMANDS) == list(commands)
+    for name, command in commands.items():
+        assert COMMANDS[name] == " ".join(command.help.split("\n\n")[0].split()), name

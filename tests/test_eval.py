@@ -7,7 +7,7 @@ import pytest
 from conftest import FAST
 from gradmem_cli.errors import GradmemError
 from gradmem_cli.evaluation.harness import bootstrap_intervals, f1_to_full_context, gap_closed
-from gradmem_cli.evaluation.metrics import f1
+from gradmem_cli.tasks.metrics import f1
 from gradmem_cli.tasks import babi, get_task
 from gradmem_cli.tasks.base import Options
 

@@ -166,14 +166,15 @@ def test_5_a_question_past_the_window_is_refused_before_any_answer(run, written,
     assert "100000 for the answer" in line
 
 
-def test_6_a_huge_context_is_refused_before_any_write(run, tiny_model, tmp_path):
+@pytest.mark.parametrize("space, words", [("embed", 20_000), ("kv", 80_000)])  # kv holds 128 tokens a slot
+def test_6_a_huge_context_is_refused_before_any_write(run, tiny_model, tmp_path, space, words):
     data = tmp_path / "huge.jsonl"
-    data.write_text(json.dumps({"id": "big", "context": "lighthouse " * 20_000, "question": "Who?",
+    data.write_text(json.dumps({"id": "big", "context": "lighthouse " * words, "question": "Who?",
                                 "answers": ["Mira"]}) + "\n")
     before = _digests(data)
     for conditions in ("full-context", "memory"):
         line = _one_line_error(run("eval", "qa", "--data", data, "--limit", "1", "--conditions", conditions,
-                                   "-m", tiny_model))
+                                   "-m", tiny_model, "--space", space))
         assert f"example big ({conditions}) is" in line and "window of 512" in line
     assert _digests(data) == before
 
@@ -270,11 +271,11 @@ def test_8_a_full_disk_gives_one_line_and_removes_the_empty_folder(folder, tiny_
 
 def test_9_a_forged_store_entry_is_checked_against_its_text_and_rewritten(tiny_model, tmp_path):
     from gradmem_cli.lm.loading import load_model
-    from gradmem_cli.memory.store import MemoryStore
+    from gradmem_cli.engine.store import MemoryStore
     from gradmem_cli.writers.config import WriteConfig
 
     lm = load_model(tiny_model, device="cpu")
-    cfg = WriteConfig(lr=0.3, steps=300).resolve(lm)
+    cfg = WriteConfig(space="embed", lr=0.3, steps=300).resolve(lm)
     warnings = []
     store = MemoryStore(tmp_path / "store", lm, cfg, on_rewrite=warnings.append)
     assert store.fill([TEXT, OTHER]) == 2 and store.get(TEXT) is not None

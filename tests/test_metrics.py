@@ -2,7 +2,7 @@
 
 import pytest
 
-from gradmem_cli.evaluation.metrics import contains, exact_match, f1, normalize_answer, token_accuracy
+from gradmem_cli.tasks.metrics import contains, exact_match, f1, normalize_answer, token_accuracy
 
 
 def test_normalize():

@@ -12,7 +12,7 @@ from gradmem_cli.lm import adapter
 from gradmem_cli.lm.generate import reconstruct
 from gradmem_cli.lm.loading import load_model
 from gradmem_cli.memory import memfile
-from gradmem_cli.memory.store import MemoryStore, text_key
+from gradmem_cli.engine.store import MemoryStore, text_key
 from gradmem_cli.writers.config import WriteConfig
 
 SMALL = ["--set", "train_stories=4", "--set", "eval_stories=2", "--set", "batch_size=4", "--set", "rank=4",
@@ -139,12 +139,12 @@ def test_fine_tuned_baselines_train_on_the_same_stories(trained, run):
 
 def test_memory_store_reuses_and_rewrites(tiny_model, tmp_path):
     lm = load_model(tiny_model, device="cpu")
-    cfg = WriteConfig(lr=0.3, steps=300).resolve(lm)
+    cfg = WriteConfig(space="embed", lr=0.3, steps=300).resolve(lm)
     store = MemoryStore(tmp_path / "store", lm, cfg)
     texts = ["Mira keeps the lighthouse.", "Pepper is a grey cat."]
     assert store.fill(texts) == 2 and store.fill(texts) == 0
     assert store.path(texts[0]).is_file() and store.path(texts[0]).name.startswith(text_key(texts[0]))
-    other = MemoryStore(tmp_path / "store", lm, WriteConfig(lr=0.3, steps=300, seed=1).resolve(lm))
+    other = MemoryStore(tmp_path / "store", lm, WriteConfig(space="embed", lr=0.3, steps=300, seed=1).resolve(lm))
     assert other.missing(texts) == texts  # written with other settings: not reused
     assert other.fill(texts[:1]) == 1 and store.missing(texts) == []  # ... and not replaced either
     assert len(list((tmp_path / "store").glob("*.gmem"))) == 3

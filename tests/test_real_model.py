@@ -30,6 +30,7 @@ def real_memory(tmp_path_factory):
 
 
 def test_default_write_rebuilds_exactly(run, real_memory):
+    """The default: a kv memory (two slots for one segment of up to 256 tokens), bf16, exact from the file."""
     folder, src = real_memory
     out = folder / "ferry.gmem"
     result = run("write", src, "-o", out, "--json")
@@ -37,12 +38,24 @@ def test_default_write_rebuilds_exactly(run, real_memory):
     report = json.loads(result.out)["files"][0]
     assert 50 <= report["tokens"] <= 70 and report["segments"] == 1
     header = memfile.load(out).header
-    assert header.model_id == "smollm2-135m-instruct" and header.hidden_size == 576
+    assert header.model_id == "smollm2-135m-instruct" and header.space == "kv" and header.dtype == "bfloat16"
+    assert header.mem_tokens == 2 and header.write["init"] == "tokens"
+    info = json.loads(run("inspect", out, "--against", src, "--json").out)
+    assert info["reconstruction"]["exact_match"] is True, info["reconstruction"]
+    assert info["reconstruction"]["token_accuracy"] == 1.0
+    assert info["sizes"]["kv_to_memory_ratio"] == pytest.approx(report["tokens"] / 2, rel=0.05)
+
+
+def test_embed_write_starts_from_the_shipped_start(run, real_memory):
+    folder, src = real_memory
+    out = folder / "ferry-embed.gmem"
+    assert run("write", src, "-o", out, "--space", "embed", "-q").code == 0
+    header = memfile.load(out).header
+    assert header.space == "embed" and header.hidden_size == 576 and header.mem_tokens == 8
     # The shipped start is the default for this model (gradmem_cli/data/starts).
     assert header.write["init"] == "fitted" and header.write["start"].startswith("sha256:")
     info = json.loads(run("inspect", out, "--against", src, "--json").out)
     assert info["reconstruction"]["exact_match"] is True, info["reconstruction"]
-    assert info["reconstruction"]["token_accuracy"] == 1.0
     assert info["sizes"]["kv_to_memory_ratio"] > 100
 
 

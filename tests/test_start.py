@@ -39,7 +39,7 @@ def test_the_zero_start_is_the_token_start(tiny_model):
     lm = load_model(tiny_model, device="cpu")
     ids = lm.tokenize(TEXT)[:5]
     gen = torch.Generator().manual_seed(0)
-    tokens = WriteConfig(init="tokens").resolve(lm)
+    tokens = WriteConfig(space="embed", init="tokens").resolve(lm)
     zero = initial_memory(lm, ids, dataclasses.replace(tokens, init="fitted"), gen, Start(8, lm.hidden_size))
     assert torch.equal(zero, initial_memory(lm, ids, tokens, gen))
 
@@ -47,7 +47,7 @@ def test_the_zero_start_is_the_token_start(tiny_model):
 def test_fitting_moves_the_start_towards_the_writes(tiny_model):
     lm = load_model(tiny_model, device="cpu")
     segments = [lm.tokenize(TEXT)[i:i + 12] for i in range(0, 36, 12)]
-    cfg = WriteConfig(init="tokens", lr=0.3).resolve(lm)
+    cfg = WriteConfig(space="embed", init="tokens", lr=0.3).resolve(lm)
     history = []
     start = fit_start(lm, segments, cfg, FitConfig(outer_steps=6, batch=3, inner_steps=5, outer_lr=0.05),
                       history.append)
@@ -128,18 +128,18 @@ def test_the_shipped_start_is_the_default_where_it_fits(tiny_model, other_tiny_m
     lm = load_model(tiny_model, device="cpu")
     monkeypatch.setattr(starts, "shipped_starts", lambda: [fitted])
     digest = read_start(fitted).digest
-    cfg = WriteConfig().resolve(lm)
+    cfg = WriteConfig(space="embed").resolve(lm)
     assert cfg.init == "fitted" and cfg.start == digest and cfg.start_weights is not None
-    assert WriteConfig(init="tokens").resolve(lm).to_dict().get("start") is None
-    assert WriteConfig(mem_tokens=4).resolve(lm).init == "tokens"  # fitted for m = 8 only
-    assert WriteConfig(objective="mix").resolve(lm).init == "tokens"  # fitted for reconstruction
-    assert WriteConfig().resolve(load_model(other_tiny_model, device="cpu")).init == "tokens"
+    assert WriteConfig(space="embed", init="tokens").resolve(lm).to_dict().get("start") is None
+    assert WriteConfig(space="embed", mem_tokens=4).resolve(lm).init == "tokens"  # fitted for m = 8 only
+    assert WriteConfig(space="embed", objective="mix").resolve(lm).init == "tokens"  # fitted for reconstruction
+    assert WriteConfig(space="embed").resolve(load_model(other_tiny_model, device="cpu")).init == "tokens"
 
 
 def test_settings_without_a_start_match_older_files(tiny_model):
     """Files written before starts existed record no ``start``; their settings still match."""
     lm = load_model(tiny_model, device="cpu")
-    assert "start" not in WriteConfig().resolve(lm).to_dict()
+    assert "start" not in WriteConfig(space="embed").resolve(lm).to_dict()
 
 
 def test_save_and_read_round_trip(tiny_model, tmp_path):

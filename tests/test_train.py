@@ -15,7 +15,7 @@ from gradmem_cli.training import model as metamodel
 from gradmem_cli.errors import GradmemError, UsageError
 from gradmem_cli.tasks import get_task, kv
 from gradmem_cli.tasks.base import Options
-from gradmem_cli.writers.learned import write_memory
+from gradmem_cli.lm.learned import write_memory
 
 KV_TASK = get_task("kv")
 

@@ -16,7 +16,7 @@ from gradmem_cli.tasks import kv
 from gradmem_cli.tasks.base import Options
 from gradmem_cli.engine import write_segments
 from gradmem_cli.writers.config import WriteConfig
-from gradmem_cli.writers.learned import write_memory
+from gradmem_cli.lm.learned import write_memory
 
 TINY = ["--set", "layers=1", "--set", "hidden=16", "--set", "heads=2", "--set", "ffn=32", "--set", "pairs=2",
         "--set", "batch_size=4", "--set", "eval_samples=8", "--set", "max_steps=4", "--set", "eval_every=2",

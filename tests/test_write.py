@@ -19,7 +19,7 @@ def test_loss_falls_and_text_is_rebuilt(tiny_model):
     lm = load_model(tiny_model, device="cpu")
     ids = lm.tokenize(TEXT)[:16]
     losses = []
-    (res,) = _results(lm, [ids], WriteConfig(lr=0.3, steps=300), lambda s: losses.append(s.loss))
+    (res,) = _results(lm, [ids], WriteConfig(space="embed", lr=0.3, steps=300), lambda s: losses.append(s.loss))
     assert res.solved and res.accuracy == 1.0 and res.margin >= 1.0
     assert losses[-1] < 0.5 * losses[0]
     assert res.steps == res.kept_step == len(losses) - 1
@@ -30,7 +30,7 @@ def test_weights_frozen_and_unchanged(tiny_model):
     lm = load_model(tiny_model, device="cpu")
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}
     assert not any(p.requires_grad for p in lm.model.parameters())
-    _results(lm, [lm.tokenize(TEXT)[:10]], WriteConfig(lr=0.3, steps=20))
+    _results(lm, [lm.tokenize(TEXT)[:10]], WriteConfig(space="embed", lr=0.3, steps=20))
     after = lm.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -39,7 +39,7 @@ def test_batched_and_one_by_one_both_rebuild(tiny_model):
     lm = load_model(tiny_model, device="cpu")
     ids = lm.tokenize(TEXT)
     segments = [ids[:12], ids[12:24], ids[5:15]]
-    cfg = WriteConfig(lr=0.3, steps=300)
+    cfg = WriteConfig(space="embed", lr=0.3, steps=300)
     batched = _results(lm, segments, cfg)
     single = [_results(lm, [s], cfg)[0] for s in segments]
     for results in (batched, single):
@@ -54,7 +54,7 @@ def test_token_budget_rotates_segments(tiny_model):
     ids = lm.tokenize(TEXT)
     segments = [ids[:10], ids[10:20], ids[20:30]]
     batches = []
-    results = _results(lm, segments, WriteConfig(lr=0.3, steps=300, batch_tokens=1),
+    results = _results(lm, segments, WriteConfig(space="embed", lr=0.3, steps=300, batch_tokens=1),
                        lambda s: batches.append(s.index))
     assert [r.index for r in results] == [0, 1, 2] and all(r.solved for r in results)
     firsts = [batches.index(i) for i in range(3)]
@@ -65,7 +65,7 @@ def test_unsolved_keeps_best_memory(tiny_model):
     lm = load_model(tiny_model, device="cpu")
     ids = lm.tokenize(TEXT)
     accs = []
-    (res,) = _results(lm, [ids], WriteConfig(lr=0.3, steps=5), lambda s: accs.append(s.accuracy))
+    (res,) = _results(lm, [ids], WriteConfig(space="embed", lr=0.3, steps=5), lambda s: accs.append(s.accuracy))
     assert not res.solved and res.steps == 5
     assert res.accuracy == max(accs) and accs[res.kept_step] == res.accuracy
 
@@ -74,10 +74,10 @@ def test_initial_memory_choices(tiny_model):
     lm = load_model(tiny_model, device="cpu")
     ids = lm.tokenize(TEXT)[:3]
     gen = torch.Generator().manual_seed(0)
-    tokens = initial_memory(lm, ids, WriteConfig(init="tokens").resolve(lm), gen)
+    tokens = initial_memory(lm, ids, WriteConfig(space="embed", init="tokens").resolve(lm), gen)
     emb = lm.model.get_input_embeddings().weight
     assert torch.equal(tokens[3], emb[ids[0]])  # cycled: the 4th vector is token 0 again
-    random = initial_memory(lm, ids, WriteConfig(init="random").resolve(lm), gen)
+    random = initial_memory(lm, ids, WriteConfig(space="embed", init="random").resolve(lm), gen)
     assert random.shape == (8, lm.hidden_size)
     assert abs(random.std().item() - emb.std().item()) < 0.3 * emb.std().item()
 
@@ -86,7 +86,7 @@ def test_bos_prefix_model(tiny_chat_model):
     lm = load_model(tiny_chat_model, device="cpu")
     assert lm.prefix_ids == [lm.tokenizer.bos_token_id]
     ids = lm.tokenize(TEXT)[:12]
-    (res,) = _results(lm, [ids], WriteConfig(lr=0.3, steps=300))
+    (res,) = _results(lm, [ids], WriteConfig(space="embed", lr=0.3, steps=300))
     assert res.solved
     assert reconstruct(lm, res.memory[None], [len(ids)])[0] == ids
 
@@ -94,7 +94,7 @@ def test_bos_prefix_model(tiny_chat_model):
 def test_sgd_optimizer_runs(tiny_model):
     lm = load_model(tiny_model, device="cpu")
     losses = []
-    _results(lm, [lm.tokenize(TEXT)[:12]], WriteConfig(optimizer="sgd", lr=1.0, steps=30),
+    _results(lm, [lm.tokenize(TEXT)[:12]], WriteConfig(space="embed", optimizer="sgd", lr=1.0, steps=30),
              lambda s: losses.append(s.loss))
     assert losses[-1] < losses[0]
 
@@ -108,10 +108,11 @@ def test_cosine_schedule():
 
 def test_the_cycle_grows_with_the_segment_and_is_recorded_only_when_it_restarts(tiny_model):
     lm = load_model(tiny_model, device="cpu")
-    assert WriteConfig().resolve(lm).cycle == 150 and WriteConfig(segment_tokens=128).resolve(lm).cycle == 300
-    assert WriteConfig().resolve(lm).to_dict()["cycle"] == 150
+    assert WriteConfig(space="embed").resolve(lm).cycle == 150
+    assert WriteConfig(space="embed", segment_tokens=128).resolve(lm).cycle == 300
+    assert WriteConfig(space="embed").resolve(lm).to_dict()["cycle"] == 150
     # --cycle 0 decays once over --steps, as every file written before cycles existed records it: no key
-    assert "cycle" not in WriteConfig(cycle=0).resolve(lm).to_dict()
+    assert "cycle" not in WriteConfig(space="embed", cycle=0).resolve(lm).to_dict()
 
 
 def test_cosine_cycles_restart_until_the_steps_run_out():

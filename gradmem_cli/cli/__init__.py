@@ -7,12 +7,34 @@ import signal
 import sys
 from typing import Any
 
-import typer
-
-from gradmem_cli.cli.commands import app
 from gradmem_cli.errors import GradmemError, UsageError, shown
+from gradmem_cli.cli.summary import COMMANDS, SUMMARY
+from gradmem_cli.version import __version__
 
-__all__ = ["app", "main"]
+__all__ = ["COMMANDS", "app", "main"]
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # the typer app, loaded on first use (it imports torch)
+        from gradmem_cli.cli.commands import app
+
+        return app
+    raise AttributeError(f"module 'gradmem_cli.cli' has no attribute {name!r}")
+
+
+def _answered_at_once(argv: list[str]) -> bool:
+    """Print the version or the command list without loading the commands; False for anything else."""
+    if argv == ["--version"]:
+        print(f"gradmem {__version__}")
+        return True
+    if argv not in ([], ["--help"], ["-h"]):
+        return False
+    width = max(map(len, COMMANDS)) + 2
+    lines = ["Usage: gradmem [OPTIONS] COMMAND [ARGS]...", "", f"  {SUMMARY}", "", "Options:",
+             "  --version  Show the version.", "  --help     Show this message and exit.", "", "Commands:",
+             *(f"  {name:<{width}}{text}" for name, text in COMMANDS.items()), "",
+             "Run 'gradmem COMMAND --help' for a command's options."]
+    print("\n".join(lines))
+    return True
 
 INTERRUPTED, TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143: the shell's codes
 MESSAGE_CHARS = 1000  # an error line is cut here (the strings it quotes from files are cut shorter)
@@ -41,6 +63,12 @@ def _interrupted() -> None:
 def main() -> None:
     """Entry point: one-line errors, exit 1 (2 for usage errors, 130 interrupted, 143 terminated);
     GRADMEM_DEBUG=1 shows tracebacks."""
+    if _answered_at_once(sys.argv[1:]):
+        return
+    import typer
+
+    from gradmem_cli.cli.commands import app
+
     debug = os.environ.get("GRADMEM_DEBUG", "") not in ("", "0")
     _TERMINATED.clear()
     try:

@@ -14,19 +14,20 @@ from typing import Annotated, Optional
 
 import typer
 
-from gradmem_cli import __version__
 from gradmem_cli.cli.options import (
     JsonOpt, ModelOpt, ReadModelOpt, ReaderOpt, ResumeOpt, RunOptions, SeedOpt, config_options, emit_json, run_options,
     write_options,
 )
+from gradmem_cli.cli.summary import SUMMARY
 from gradmem_cli.errors import GradmemError, UsageError
 from gradmem_cli.tasks import TASKS
 from gradmem_cli.training.selfstudy import SelfStudyConfig
+from gradmem_cli.version import __version__
 from gradmem_cli.writers.config import WriteConfig
 from gradmem_cli.writers.fitting import FitConfig
 
 app = typer.Typer(
-    help="Write documents into a few memory vectors by test-time gradient descent; answer from them later.",
+    help=SUMMARY,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -55,58 +56,22 @@ def write(
 
     Under torchrun each process writes its share of the (sorted) documents and rank 0 reports them all.
     """
-    import contextlib
+    from gradmem_cli.cli.progress import WriteBars, console, plain
+    from gradmem_cli.engine.folders import write_files
 
-    from gradmem_cli.cli.progress import console, plain
-    from gradmem_cli.lm.loading import load_model
-    from gradmem_cli.memory.documents import read_inputs
-    from gradmem_cli.memory.outputs import claim_outputs, output_folder, output_paths
-    from gradmem_cli.memory.store import written_as
-    from gradmem_cli.processes import Distributed, default_workers
-
-    if workers < 0:
-        raise UsageError("--workers must be 0 (automatic) or more")
-    docs = read_inputs(inputs)
-    paths, folder = output_paths(inputs, docs, output)
-    with output_folder(folder) if folder is not None else contextlib.nullcontext():
-        # Every output is checked before the model loads; with --skip-existing an existing .gmem may
-        # turn out to be current, which needs the model to tell.
-        claims = claim_outputs(docs, paths, force, keep_existing=skip_existing, inputs=inputs)
-        dist = Distributed()
-        try:
-            docs, claims = docs[dist.rank::dist.world], claims[dist.rank::dist.world]
-            device = dist.device(run.device)
-            lm = load_model(model, device=str(device), dtype=run.dtype, quiet=run.quiet)
-            cfg_resolved = cfg.resolve(lm)
-            done = [skip_existing and written_as(c.path, d.text, lm, cfg_resolved) is not None
-                    for d, c in zip(docs, claims)]
-            todo = [(d, c) for (d, c), skip in zip(zip(docs, claims), done) if not skip]
-            skipped = [str(c.path) for c, skip in zip(claims, done) if skip]
-            stale = [str(c.path) for _, c in todo if c.existed and not force]
-            if stale:  # an existing .gmem that is not current is replaced only with --force
-                raise GradmemError(f"{stale[0]} already exists (use --force to overwrite it)")
-            count = workers or default_workers(run.device if dist.world == 1 else str(device), len(todo))
-            if not todo:
-                reports = []
-            elif count > 1 and all(d.path is not None for d, _ in todo):
-                reports = _write_in_workers(todo, model, cfg, cfg_resolved, run, count)
-            else:
-                reports = _write_here(lm, todo, cfg_resolved, run)
-            gathered = dist.gather_json({"files": reports, "skipped": skipped}, device)
-        finally:
-            dist.close()
-    if gathered is None:
+    with WriteBars(run.quiet, cfg.target_acc) as bars:
+        written = write_files(inputs, output, cfg, model=model, device=run.device, dtype=run.dtype, force=force,
+                              skip_existing=skip_existing, workers=workers, quiet=run.quiet, watcher=bars)
+    if written is None:
         return
-    reports = [r for part in gathered for r in part["files"]]
-    skipped = [s for part in gathered for s in part["skipped"]]
     if run.json:
-        emit_json({"files": reports, "skipped": skipped})
+        emit_json({"files": written.files, "skipped": written.skipped})
     elif not run.quiet:
-        for r in reports:
+        for r in written.files:
             console.print(f"{plain(r['input'])} -> {plain(r['output'])}: {r['tokens']} tokens, {r['segments']} "
                           f"segment(s), steps {r['steps']}, accuracy {r['accuracy']}, {r['seconds']:.1f} s")
-        if skipped:
-            console.print(f"skipped {len(skipped)} file(s) that already hold their memory (--skip-existing)")
+        if written.skipped:
+            console.print(f"skipped {len(written.skipped)} file(s) that already hold their memory (--skip-existing)")
 
 
 def _warn(message: str, quiet: bool) -> None:
@@ -114,61 +79,6 @@ def _warn(message: str, quiet: bool) -> None:
 
     if not quiet:
         console.print(f"[yellow]warning:[/yellow] {plain(message, 1000)}", highlight=False)  # its file strings are cut
-
-
-def _warn_unsolved(report: dict, cfg: WriteConfig, quiet: bool) -> None:
-    from gradmem_cli.cli.progress import console, plain
-
-    if not quiet and cfg.init != "learned" and min(report["accuracy"]) < cfg.target_acc:
-        console.print(f"[yellow]warning:[/yellow] {plain(report['input'])}: not every segment reached --target-acc "
-                      f"{cfg.target_acc} in the steps allowed (accuracy {report['accuracy']})")
-
-
-def _write_here(lm, todo: list, cfg, run: RunOptions) -> list[dict]:
-    """Write in this process: segments of all documents batched together, each file saved when done."""
-    from gradmem_cli import engine
-    from gradmem_cli.cli.progress import write_progress
-    from gradmem_cli.memory import memfile
-
-    out_of = {id(d): c for d, c in todo}
-    reports = []
-    with write_progress(run.quiet) as progress:
-        for doc, mem, report in engine.memorize(lm, [d for d, _ in todo], cfg, progress.on_step):
-            claimed = out_of[id(doc)]
-            memfile.save(claimed.path, mem.memory, mem.header, expected=claimed.state)
-            report.output = str(claimed.path)
-            reports.append(report.to_dict())
-            progress.finished(doc, report.segments)
-            _warn_unsolved(reports[-1], cfg, run.quiet)
-    return reports
-
-
-def _write_in_workers(todo: list, model: str | None, options: WriteConfig, cfg, run: RunOptions,
-                      count: int) -> list[dict]:
-    """Write on ``count`` worker processes (each resolves ``options`` for its model as this one did
-    into ``cfg``); one bar for all documents."""
-    import os
-
-    from gradmem_cli.cli.progress import make_progress, plain
-    from gradmem_cli.processes import WriteItem, WriteJob, write_in_workers
-
-    items = [WriteItem(str(d.path), str(c.path), c.state) for d, c in todo]
-    job = WriteJob(model, run.device, run.dtype, max(1, (os.cpu_count() or 1) // count), options.to_dict())
-    reports: list[dict] = []
-    with make_progress(run.quiet) as progress:
-        bar = progress.add_task(f"{len(items)} files on {count} processes", total=len(items), status="")
-
-        def on_event(event: tuple) -> None:
-            if event[0] == "step":
-                _, name, segment, step, loss, acc, _ = event
-                progress.update(bar, status=f"{plain(name)} seg {segment + 1} step {step} loss {loss:.3f} acc {acc:.3f}")
-            else:
-                reports.append(event[1])
-                progress.update(bar, advance=1)
-                _warn_unsolved(event[1], cfg, run.quiet)
-
-        write_in_workers(items, job, count, on_event)
-    return reports
 
 
 @app.command()
@@ -320,7 +230,7 @@ def eval_(
     from gradmem_cli.lm import adapter
     from gradmem_cli.lm.loading import load_model
     from gradmem_cli.memory.outputs import EVAL_RESULT, EVAL_SAMPLES, claim_all, claim_folder, write_records
-    from gradmem_cli.memory.store import STORE, MemoryStore
+    from gradmem_cli.engine.store import STORE, MemoryStore
     from gradmem_cli.tasks import get_task
     from gradmem_cli.tasks.base import Options
 

@@ -40,36 +40,49 @@ def make_progress(quiet: bool = False) -> Progress:
     )
 
 
-class _WriteProgress:
-    """One bar per document; a log line per finished segment where no bar can show (not a terminal)."""
+class WriteBars:
+    """``gradmem write``'s progress (an engine ``WriteWatcher``): a bar per document written here, one bar for
+    all on worker processes; a log line per finished segment where no bar can show (not a terminal)."""
 
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
+    def __init__(self, quiet: bool, target_acc: float):
+        self.quiet, self.target_acc = quiet, target_acc
         self.progress = make_progress(quiet)
+        self.names: list[str] = []
         self.bars: dict[int, int] = {}
+        self.shared: int | None = None  # the one bar of a write on workers
 
-    def __enter__(self) -> _WriteProgress:
+    def __enter__(self) -> WriteBars:
         self.progress.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(*exc)
 
-    def _bar(self, doc) -> int:
-        if id(doc) not in self.bars:
-            self.bars[id(doc)] = self.progress.add_task(plain(doc.name), total=None, status="")
-        return self.bars[id(doc)]
+    def begin(self, names: list[str], workers: int) -> None:
+        self.names = names
+        if workers > 1:
+            self.shared = self.progress.add_task(f"{len(names)} files on {workers} processes", total=len(names),
+                                                 status="")
 
-    def on_step(self, doc, segment: int, stats) -> None:
+    def _bar(self, index: int) -> int:
+        if index not in self.bars:
+            self.bars[index] = self.progress.add_task(plain(self.names[index]), total=None, status="")
+        return self.bars[index]
+
+    def step(self, index: int, segment: int, stats) -> None:
         status = f"seg {segment + 1} step {stats.step} loss {stats.loss:.3f} acc {stats.accuracy:.3f}"
-        self.progress.update(self._bar(doc), status=status, advance=1 if stats.done else 0)
+        if self.shared is not None:
+            self.progress.update(self.shared, status=f"{plain(self.names[index])} {status}")
+            return
+        self.progress.update(self._bar(index), status=status, advance=1 if stats.done else 0)
         if stats.done and not self.quiet and not console.is_terminal:
-            console.print(f"{plain(doc.name)}: segment {segment + 1} done, {status}", highlight=False)
+            console.print(f"{plain(self.names[index])}: segment {segment + 1} done, {status}", highlight=False)
 
-    def finished(self, doc, segments: int) -> None:
-        self.progress.update(self._bar(doc), total=segments, completed=segments)
-
-
-def write_progress(quiet: bool = False) -> _WriteProgress:
-    """Progress of ``gradmem write``: ``on_step`` for :func:`engine.memorize`, ``finished`` per document."""
-    return _WriteProgress(quiet)
+    def finished(self, index: int, report: dict, unsolved: bool) -> None:
+        if self.shared is not None:
+            self.progress.update(self.shared, advance=1)
+        else:
+            self.progress.update(self._bar(index), total=report["segments"], completed=report["segments"])
+        if unsolved and not self.quiet:
+            console.print(f"[yellow]warning:[/yellow] {plain(report['input'])}: not every segment reached --target-acc "
+                          f"{self.target_acc} in the steps allowed (accuracy {report['accuracy']})", highlight=False)

@@ -26,14 +26,14 @@ from typing import Any
 from gradmem_cli import engine
 from gradmem_cli.errors import UsageError
 from gradmem_cli.evaluation.baselines import KEEPERS, kept_context
-from gradmem_cli.evaluation.metrics import f1, mean
+from gradmem_cli.tasks.metrics import f1, mean
 from gradmem_cli.errors import shown
 from gradmem_cli.lm.generate import MEMORY_SLOT, Reader, framed_prompt
 from gradmem_cli.lm.loading import LoadedModel
 from gradmem_cli.lm.spaces import SPACES
 from gradmem_cli.lm.window import check_room
 from gradmem_cli.memory.documents import Document, segment_count
-from gradmem_cli.memory.store import MemoryStore
+from gradmem_cli.engine.store import MemoryStore
 from gradmem_cli.tasks.base import Dataset, Task
 from gradmem_cli.writers.config import ResolvedWrite
 

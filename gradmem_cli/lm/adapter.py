@@ -26,7 +26,7 @@ import torch
 
 from gradmem_cli.errors import GradmemError, shown
 from gradmem_cli.lm.fingerprint import Fingerprint
-from gradmem_cli.memory.fileio import read_config_json
+from gradmem_cli.fileio import read_config_json
 
 if TYPE_CHECKING:
     from gradmem_cli.lm.loading import LoadedModel
@@ -56,6 +56,16 @@ class ReaderConfig:
     """How it was trained: task, data, steps, held-out scores (informational)."""
     format: str = READER_FORMAT
     format_version: str = READER_FORMAT_VERSION
+
+    @property
+    def memory_space(self) -> str | None:
+        """The memory space this reader reads (readers trained before spaces existed read embedding
+        memories); None for a reader of text in the prompt (``input: context``), which reads any space's
+        rebuilt text."""
+        if self.training.get("input", "memory") != "memory":
+            return None
+        space = self.training.get("space", "embed")
+        return space if isinstance(space, str) else "embed"
 
     def validate(self) -> ReaderConfig:
         ok = (isinstance(self.rank, int) and not isinstance(self.rank, bool) and 1 <= self.rank <= 4096

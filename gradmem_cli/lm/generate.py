@@ -12,7 +12,7 @@ prefix starts the prompt, so every condition shares one framing.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -212,25 +212,38 @@ class Reader:
         finally:
             restore()
 
-    def answer(self, user_text: str, max_new_tokens: int = 128, temperature: float = 0.0,
-               on_text: Callable[[str], None] | None = None, seed: int = 0, template: bool = True) -> Answer:
-        start = time.perf_counter()
-        first = None
-        ids: list[int] = []
+    def pieces(self, tokens: Iterable[int], ids: list[int]) -> Iterator[str]:
+        """The text of ``tokens`` piece by piece as they come (each token is appended to ``ids``)."""
         emitted = ""
-        for token in self.stream(user_text, max_new_tokens, temperature, seed, template):
-            first = first if first is not None else time.perf_counter() - start
+        for token in tokens:
             ids.append(token)
             text = self.lm.tokenizer.decode(ids, skip_special_tokens=True)
             # Hold back a trailing replacement char: a multi-byte character may be half-decoded.
-            if on_text and not text.endswith("\ufffd") and len(text) > len(emitted):
-                on_text(text[len(emitted):])
+            if not text.endswith("\ufffd") and len(text) > len(emitted):
+                yield text[len(emitted):]
                 emitted = text
         text = self.lm.tokenizer.decode(ids, skip_special_tokens=True)
-        if on_text and len(text) > len(emitted):
-            on_text(text[len(emitted):])
+        if len(text) > len(emitted):
+            yield text[len(emitted):]
+
+    def answer(self, user_text: str, max_new_tokens: int = 128, temperature: float = 0.0,
+               on_text: Callable[[str], None] | None = None, seed: int = 0, template: bool = True) -> Answer:
+        start = time.perf_counter()
+        first: list[float] = []
+
+        def timed() -> Iterator[int]:
+            for token in self.stream(user_text, max_new_tokens, temperature, seed, template):
+                if not first:
+                    first.append(time.perf_counter() - start)
+                yield token
+
+        ids: list[int] = []
+        for piece in self.pieces(timed(), ids):
+            if on_text:
+                on_text(piece)
+        text = self.lm.tokenizer.decode(ids, skip_special_tokens=True)
         return Answer(text=text.strip(), ids=ids, tokens=len(ids), seconds=time.perf_counter() - start,
-                      first_token_seconds=first)
+                      first_token_seconds=first[0] if first else None)
 
 
 def reconstruct(lm: LoadedModel, memory: torch.Tensor, lengths: list[int], space: str = "embed") -> list[list[int]]:

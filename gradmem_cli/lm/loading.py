@@ -25,8 +25,8 @@ from gradmem_cli.errors import GradmemError, shown
 from gradmem_cli.lm.dtypes import dtype_name, resolve_dtype
 from gradmem_cli.lm.fingerprint import Fingerprint, compute_fingerprint, config_hash, kv_bytes_per_token, model_shape
 from gradmem_cli.lm.memlm import MemoryLM
-from gradmem_cli.memory.fileio import MAX_CONFIG_BYTES, loads_json, read_capped
-from gradmem_cli.writers.learned import LearnedWriter, has_writer, load_writer
+from gradmem_cli.fileio import MAX_CONFIG_BYTES, loads_json, read_capped
+from gradmem_cli.lm.learned import LearnedWriter, has_writer, load_writer
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gradmem_cli.errors import GradmemError, shown
-from gradmem_cli.memory.fileio import MAX_QUESTION_BYTES, MAX_TEXT_BYTES, read_capped
+from gradmem_cli.fileio import MAX_QUESTION_BYTES, MAX_TEXT_BYTES, read_capped
 
 
 @dataclass

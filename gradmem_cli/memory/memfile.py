@@ -26,7 +26,7 @@ import torch
 from gradmem_cli.errors import GradmemError, shown
 from gradmem_cli.lm.dtypes import DTYPES
 from gradmem_cli.lm.spaces import SPACES
-from gradmem_cli.memory.fileio import FileState, atomic_write_bytes, check_regular_file, loads_json, open_safetensors
+from gradmem_cli.fileio import FileState, atomic_write_bytes, check_regular_file, loads_json, open_safetensors
 
 FORMAT_NAME = "gradmem.memory"
 FORMAT_VERSION = "2.0"

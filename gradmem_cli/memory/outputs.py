@@ -33,7 +33,7 @@ from pathlib import Path
 
 from gradmem_cli.errors import GradmemError, UsageError
 from gradmem_cli.memory.documents import Document
-from gradmem_cli.memory.fileio import FileState, atomic_write_bytes, file_state, loads_json
+from gradmem_cli.fileio import FileState, atomic_write_bytes, file_state, loads_json
 from gradmem_cli.memory.memfile import is_memory_file
 
 

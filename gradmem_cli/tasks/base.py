@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gradmem_cli.errors import GradmemError
-from gradmem_cli.evaluation.metrics import contains, exact_match, f1
+from gradmem_cli.tasks.metrics import contains, exact_match, f1
 from gradmem_cli.lm.generate import Reader, with_context
 from gradmem_cli.memory.documents import decode_text, text_files
-from gradmem_cli.memory.fileio import MAX_TEXT_BYTES, check_regular_file, loads_json, read_capped
+from gradmem_cli.fileio import MAX_TEXT_BYTES, check_regular_file, loads_json, read_capped
 
 if TYPE_CHECKING:
     from gradmem_cli.lm.loading import LoadedModel

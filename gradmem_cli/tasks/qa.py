@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gradmem_cli.errors import GradmemError, shown
 from gradmem_cli.memory.documents import decode_text
-from gradmem_cli.memory.fileio import MAX_TEXT_BYTES, loads_json, read_capped
+from gradmem_cli.fileio import MAX_TEXT_BYTES, loads_json, read_capped
 from gradmem_cli.tasks.base import Dataset, Example, Options, Task, file_source, read_jsonl
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gradmem_cli.errors import GradmemError
-from gradmem_cli.evaluation.metrics import token_accuracy
+from gradmem_cli.tasks.metrics import token_accuracy
 from gradmem_cli.lm.generate import Reader, reconstruct, target_hits, with_context
 from gradmem_cli.memory.documents import read_document, text_files
 from gradmem_cli.tasks.base import Dataset, Example, Options, Task, file_source, read_jsonl

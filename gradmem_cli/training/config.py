@@ -10,7 +10,7 @@ from typing import Any
 from gradmem_cli.errors import GradmemError, UsageError, shown, validated
 from gradmem_cli.lm.memlm import lr_at
 from gradmem_cli.memory.documents import decode_text
-from gradmem_cli.memory.fileio import MAX_CONFIG_BYTES, read_capped
+from gradmem_cli.fileio import MAX_CONFIG_BYTES, read_capped
 from gradmem_cli.tasks import TASKS
 from gradmem_cli.tasks.base import Task
 

@@ -2,7 +2,7 @@
 
 Each training example is a context C, a question Q and a target Y from a task of the registry.
 The ``gradmem`` model writes C into memory with K differentiable SGD steps
-(:func:`~gradmem_cli.writers.learned.write_memory`), reads ``[M_K; Q Y]`` and is trained on the
+(:func:`~gradmem_cli.lm.learned.write_memory`), reads ``[M_K; Q Y]`` and is trained on the
 cross-entropy of Y alone; the outer AdamW step then updates everything (backbone, M0, write head,
 memory projection) through the inner steps. The same harness trains the forward-only ``rmt``
 writer (same m) and the ``full`` context transformer that reads ``[C; Q Y]`` (the upper bound).
@@ -27,7 +27,7 @@ from gradmem_cli.tasks import get_task
 from gradmem_cli.tasks.base import Example, Options
 from gradmem_cli.training.checkpoint_eval import teacher_forced_em
 from gradmem_cli.training.config import TrainConfig
-from gradmem_cli.processes import Distributed, StopFlag
+from gradmem_cli.engine.processes import Distributed, StopFlag
 from gradmem_cli.training.model import build, encode, load_model_weights, save_model, scores
 from gradmem_cli.training.runfolder import Run, read_state, run_kind
 

@@ -1,6 +1,6 @@
 """The model being meta-trained: a backbone and its learned writer, batches, the READ loss, checkpoints.
 
-:class:`MetaModel` is a backbone plus its learned writer (``writers/learned.py``), or no writer for
+:class:`MetaModel` is a backbone plus its learned writer (``lm/learned.py``), or no writer for
 the full-context baseline. Its loss is the cross-entropy of the target tokens read after the
 memory (``[M_K; Q Y]``) or after the whole context (``[C; Q Y]``). Exact match is teacher-forced
 from the argmax logits over the scored tokens (the value characters for key-value retrieval), as
@@ -23,7 +23,7 @@ from gradmem_cli.errors import GradmemError
 from gradmem_cli.lm.memlm import MemoryLM
 from gradmem_cli.tasks.base import Example, Task
 from gradmem_cli.training.config import TrainConfig
-from gradmem_cli.writers.learned import WRITER_WEIGHTS, LearnedWriter, WriterConfig, write_memory
+from gradmem_cli.lm.learned import WRITER_WEIGHTS, LearnedWriter, WriterConfig, write_memory
 
 
 @dataclass

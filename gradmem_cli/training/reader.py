@@ -27,19 +27,19 @@ from typing import Any
 import torch
 
 from gradmem_cli.errors import UsageError, shown, validated
-from gradmem_cli.evaluation.metrics import mean
+from gradmem_cli.tasks.metrics import mean
 from gradmem_cli.lm import adapter
 from gradmem_cli.lm.generate import Reader, prompt_ids
 from gradmem_cli.lm.loading import LoadedModel, load_model
 from gradmem_cli.lm.memlm import pad, token_loss
 from gradmem_cli.lm.spaces import SPACES
 from gradmem_cli.memory.memfile import MemoryFile
-from gradmem_cli.memory.store import MemoryStore
+from gradmem_cli.engine.store import MemoryStore
 from gradmem_cli.tasks import babi, get_task
 from gradmem_cli.tasks.base import Example, Options, file_source, word_runs
 from gradmem_cli.tasks.qa import load_qa
 from gradmem_cli.training.config import LoopSettings
-from gradmem_cli.processes import StopFlag
+from gradmem_cli.engine.processes import StopFlag
 from gradmem_cli.training.runfolder import Run, read_state, run_kind
 from gradmem_cli.writers.config import WriteConfig
 

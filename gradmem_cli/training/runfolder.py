@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gradmem_cli.errors import UsageError
-from gradmem_cli.memory.fileio import MAX_CONFIG_BYTES, atomic_write_bytes, loads_json, read_capped
+from gradmem_cli.fileio import MAX_CONFIG_BYTES, atomic_write_bytes, loads_json, read_capped
 from gradmem_cli.memory.outputs import FolderKind, claim_folder
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gradmem_cli.errors import UsageError, validated
-from gradmem_cli.evaluation.metrics import contains, normalize_answer
+from gradmem_cli.tasks.metrics import contains, normalize_answer
 from gradmem_cli.lm.generate import Reader
 from gradmem_cli.tasks import get_task
 from gradmem_cli.tasks.base import Example

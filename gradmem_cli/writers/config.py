@@ -186,10 +186,15 @@ class WriteConfig:
         }).fits(lm)
 
     def default_space(self, lm: LoadedModel) -> str:
-        """The space when ``--space`` is not given: kv, unless these settings ask for what only the
-        embedding space has (a fitted start, the distill or mix objective) or the model cannot hold a
-        prefix cache (sliding-window or other non-full attention, no rotary embedding)."""
-        wants_embed = self.objective != "reconstruct" or self.init == "fitted" or self.start is not None
+        """The space when ``--space`` is not given: the space of the attached reader of memories, if any
+        (write what it reads); else kv, unless these settings ask for what only the
+        embedding space has (a fitted start, the distill or mix objective), the model is a ``gradmem train``
+        checkpoint (its memory projection reads embedding memories) or it cannot hold a prefix cache
+        (sliding-window or other non-full attention, no rotary embedding)."""
+        if lm.reader is not None and lm.reader.memory_space is not None:
+            return lm.reader.memory_space
+        wants_embed = (self.objective != "reconstruct" or self.init == "fitted" or self.start is not None
+                       or lm.writer is not None)
         return "embed" if wants_embed or SPACES[DEFAULT_SPACE].refusal(lm) else DEFAULT_SPACE
 
     def _check_space(self, lm: LoadedModel, space: str) -> None:

@@ -32,7 +32,7 @@ import torch
 
 from gradmem_cli.errors import GradmemError, UsageError, shown
 from gradmem_cli.lm.fingerprint import Fingerprint
-from gradmem_cli.memory.fileio import FileState, atomic_write_bytes, loads_json, open_safetensors
+from gradmem_cli.fileio import FileState, atomic_write_bytes, loads_json, open_safetensors
 from gradmem_cli.memory.outputs import Claim, Kind, claim
 
 if TYPE_CHECKING:

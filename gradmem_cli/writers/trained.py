@@ -16,7 +16,7 @@ from gradmem_cli.lm.loading import LoadedModel
 from gradmem_cli.lm.memlm import pad, token_stats
 from gradmem_cli.writers.base import OnStep, SegmentResult, StepStats
 from gradmem_cli.writers.config import ResolvedWrite
-from gradmem_cli.writers.learned import write_memory
+from gradmem_cli.lm.learned import write_memory
 
 
 def _batches(segments: list[list[int]], budget: int, equal_lengths: bool) -> Iterator[list[int]]:

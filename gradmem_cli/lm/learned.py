@@ -29,7 +29,7 @@ import torch
 from gradmem_cli.errors import GradmemError, shown
 from gradmem_cli.lm.memlm import MemoryLM, token_loss
 from gradmem_cli.lm.spaces.embed import frame
-from gradmem_cli.memory.fileio import read_config_json
+from gradmem_cli.fileio import read_config_json
 
 WRITER_JSON = "gradmem_writer.json"
 WRITER_WEIGHTS = "gradmem_writer.safetensors"

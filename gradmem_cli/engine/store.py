@@ -24,7 +24,7 @@ from gradmem_cli.errors import GradmemError
 from gradmem_cli.lm.fingerprint import Fingerprint
 from gradmem_cli.memory import memfile
 from gradmem_cli.memory.documents import Document
-from gradmem_cli.memory.fileio import FileState, file_state
+from gradmem_cli.fileio import FileState, file_state
 from gradmem_cli.memory.memfile import MemoryFile
 from gradmem_cli.memory.outputs import FolderKind, claim_folder
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from gradmem_cli import __version__
+from gradmem_cli.version import __version__
 from gradmem_cli.errors import GradmemError, shown
 from gradmem_cli.lm import adapter
 from gradmem_cli.lm.fingerprint import Fingerprint, kv_bytes_per_token, model_shape
@@ -168,7 +168,7 @@ def fit_start_file(lm: LoadedModel, docs: list[Document], output: Path, write: W
     splits them, and save it to ``output`` with a record of what it was fitted on. An existing
     ``output`` is replaced only if it is a start file and ``force`` is set (checked before the fit)."""
     claimed = claim_start_output(output, force, [d.path for d in docs if d.path is not None])
-    cfg = write.resolve(lm)
+    cfg = dataclasses.replace(write, space="embed").resolve(lm)  # starts are for embedding memories
     segments = [seg for doc in docs for seg in split_segments(lm.tokenize(doc.text), cfg.segment_tokens) if seg]
     start = fit_start(lm, segments, cfg, fit, on_step)
     record = {"model": lm.spec, "texts": len(docs), "segments": len(segments), "mem_tokens": cfg.mem_tokens,
@@ -243,9 +243,7 @@ def check_model(lm: LoadedModel, memfile: MemoryFile) -> None:
     if len(lm.prefix_ids) + header.mem_tokens + lead + max(header.tokens_per_segment) > lm.window:
         raise GradmemError(f"{name}: a segment of {max(header.tokens_per_segment)} tokens after {header.mem_tokens} "
                            f"slots does not fit the model's window of {lm.window}")
-    # A reader of memories reads one space; a reader of text (input: context) reads any memory's rebuilt text.
-    reads_memory = lm.reader is not None and lm.reader.training.get("input", "memory") == "memory"
-    trained_on = lm.reader.training.get("space", "embed") if reads_memory else space.name
+    trained_on = (lm.reader.memory_space if lm.reader is not None else None) or space.name
     if trained_on != space.name:
         raise GradmemError(f"reader mismatch: the reader was trained on {trained_on} memories and {name} holds a "
                            f"{space.name} memory")
@@ -292,6 +290,12 @@ class Asker:
     def answer(self, question: str, **generation: Any) -> Answer:
         self.check(question, generation.get("max_new_tokens", 128))
         return self.reader.answer(self._prompt(question), **generation)
+
+    def stream(self, question: str, max_new_tokens: int = 128, temperature: float = 0.0, seed: int = 0) -> Iterator[str]:
+        """The answer's text piece by piece as it is generated."""
+        self.check(question, max_new_tokens)
+        tokens = self.reader.stream(self._prompt(question), max_new_tokens, temperature, seed)
+        yield from self.reader.pieces(tokens, [])
 
 
 VIAS = ("memory", "text", "none")

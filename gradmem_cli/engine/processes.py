@@ -4,6 +4,7 @@ on one machine, and stop signals (SIGTERM/SIGINT end a training after the curren
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -156,8 +157,10 @@ class WriteJob:
 
 @dataclass(frozen=True)
 class WriteItem:
-    """One document for a worker: the text file, its output, and what was at the output before."""
+    """One document for a worker: its place in the run, the text file, its output, and what was at the
+    output before."""
 
+    index: int
     source: str
     output: str
     state: tuple[int, int, int, int] | None
@@ -245,13 +248,13 @@ def _write_items(items: list[WriteItem]) -> None:
     by_doc = {id(doc): item for doc, item in zip(docs, items)}
 
     def on_step(doc: Any, segment: int, stats: Any) -> None:
-        events.put(("step", doc.name, segment, stats.step, stats.loss, stats.accuracy, stats.done))
+        events.put(("step", by_doc[id(doc)].index, segment, dataclasses.astuple(stats)))
 
     for doc, mem, report in engine.memorize(lm, docs, cfg, on_step):
         item = by_doc[id(doc)]
         memfile.save(Path(item.output), mem.memory, mem.header, expected=item.state)
         report.output = item.output
-        events.put(("done", report.to_dict()))
+        events.put(("done", item.index, report.to_dict()))
 
 
 def _start_quiet_tracker() -> None:
