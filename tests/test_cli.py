@@ -349,3 +349,16 @@ def test_the_quick_command_list_is_the_commands_own():
     assert list(COMMANDS) == list(commands)
     for name, command in commands.items():
         assert COMMANDS[name] == " ".join(command.help.split("\n\n")[0].split()), name
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`gradmem --help | head -0`: the reader is gone before gradmem writes (its read end is closed at once, so
+    the write fails for certain); gradmem prints no traceback and no error line."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "gradmem_cli", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 1 and err == ""

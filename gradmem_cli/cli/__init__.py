@@ -62,7 +62,17 @@ def _interrupted() -> None:
 
 def main() -> None:
     """Entry point: one-line errors, exit 1 (2 for usage errors, 130 interrupted, 143 terminated);
-    GRADMEM_DEBUG=1 shows tracebacks."""
+    GRADMEM_DEBUG=1 shows tracebacks. A reader that stops reading (``gradmem ... | head``) ends the
+    command quietly, as the Python docs advise for a closed pipe: exit 1, nothing on stderr."""
+    try:
+        _main()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+        sys.exit(1)
+
+
+def _main() -> None:
     if _answered_at_once(sys.argv[1:]):
         return
     import typer
@@ -91,6 +101,8 @@ def main() -> None:
         context = getattr(exc, "ctx", None)
         hint = f" (see '{context.command_path} --help')" if context is not None else ""
         _fail(exc.format_message() + hint, getattr(exc, "exit_code", 2))
+    except BrokenPipeError:
+        raise
     except GradmemError as exc:
         if debug:
             raise
