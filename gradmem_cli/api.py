@@ -164,7 +164,8 @@ class Gradmem:
 
     def evaluate(self, task: str, data: str | Path | None = None, limit: int | None = None, seed: int = 0,
                  conditions: Iterable[str] = ("memory", "no-context", "full-context"),
-                 max_new_tokens: int | None = None, pairs: int = 8, variant: str = "qa1", **options: Any
+                 max_new_tokens: int | None = None, pairs: int = 8, variant: str = "qa1", split: str = "test",
+                 **options: Any
                  ) -> dict[str, Any]:
         """``gradmem eval`` on a task of the registry; returns the same result dictionary."""
         from gradmem_cli.evaluation.harness import CONDITIONS, EvalOptions, evaluate
@@ -175,7 +176,7 @@ class Gradmem:
         if not chosen or any(c not in CONDITIONS for c in chosen):
             raise UsageError(f"conditions must be among {', '.join(CONDITIONS)}")
         spec = get_task(task)
-        dataset = spec.load(Path(data) if data is not None else None, limit, seed, Options(pairs=pairs, variant=variant))
+        dataset = spec.load(Path(data) if data is not None else None, limit, seed, Options(pairs=pairs, variant=variant, split=split))
         cfg = _write_config({"seed": seed, **options}).resolve(self.lm)
         return evaluate(self.lm, spec, dataset, cfg, EvalOptions(chosen, max_new_tokens))
 

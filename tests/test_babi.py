@@ -119,3 +119,17 @@ def test_old_generator_ambiguities_are_gone():
                 seen_ambiguous += 1
                 assert f"Who received the {obj}?" not in dict(questions)
     assert seen_ambiguous > 0
+
+
+def test_eval_draws_the_split_it_is_asked_for(run, tiny_chat_model):
+    """`eval babi --split val` scores validation stories (recorded in the result); a bad split is one line."""
+    import json
+
+    from conftest import FAST
+
+    args = ("eval", "babi", "-m", tiny_chat_model, "--limit", "1", *FAST, "--max-new-tokens", "2",
+            "--conditions", "no-context", "--json")
+    results = {split: json.loads(run(*args, "--split", split).out) for split in ("val", "test")}
+    assert [results[s]["config"]["data"]["split"] for s in ("val", "test")] == ["val", "test"]
+    bad = run(*args, "--split", "dev")
+    assert bad.code == 1 and "unknown bAbI split 'dev'" in bad.err

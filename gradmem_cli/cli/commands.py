@@ -193,8 +193,12 @@ def eval_(
     limit: Annotated[Optional[int], typer.Option(help="Use at most N examples (generators draw N; default 20).")] = None,
     pairs: Annotated[int, typer.Option(help="kv generator: key-value pairs per context.")] = 8,
     variant: Annotated[str, typer.Option("--task", help="babi generator: qa1..qa5.")] = "qa1",
-    conditions: Annotated[str, typer.Option(help="Comma-separated: memory, no-context, full-context, and "
-                                            "via-text (rebuild the text from memory, then answer with it).")]
+    split: Annotated[str, typer.Option(help="babi generator: the split's stories and questions, train, val or test "
+                                       "(apart by random stream and by entity combination).")] = "test",
+    conditions: Annotated[str, typer.Option(help="Comma-separated: memory, no-context, full-context; via-text "
+                                            "(rebuild the text from memory, then answer with it); kv-last and kv-snap "
+                                            "(forward-only baselines at the memory's size: the last m tokens of the "
+                                            "text's own KV cache per segment, or the m it attends to most).")]
     = "memory,no-context,full-context",
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Most tokens per generated answer (default: the task's: "
                                                           + ", ".join(f"{t.name} {t.max_new_tokens}" for t in TASKS.values()
@@ -240,7 +244,7 @@ def eval_(
     if memories is not None:
         claim_folder(memories, STORE, [p for p in inputs if p != memories], resume=True)
     spec = get_task(task)
-    dataset = spec.load(data, limit, cfg.seed, Options(pairs=pairs, variant=variant))
+    dataset = spec.load(data, limit, cfg.seed, Options(pairs=pairs, variant=variant, split=split))
     lm = load_model(model, device=run.device, dtype=run.dtype, quiet=run.quiet)
     if reader is not None:
         adapter.load(lm, reader)
