@@ -60,11 +60,32 @@ def test_embed_write_starts_from_the_shipped_start(run, real_memory):
 
 
 def test_ask_answers_from_memory(run, real_memory):
+    """Read straight from the memory, the frozen model answers something (it was never trained to read it);
+    through the rebuilt text it answers right."""
     folder, _ = real_memory
     result = run("ask", folder / "ferry.gmem", "Who is the captain of the ferry?", "--json", "--max-new-tokens", "24")
     assert result.code == 0, result.err
     answer = json.loads(result.out)
-    assert answer["answer"].strip() and answer["tokens"] > 0 and answer["model"] == "smollm2-135m-instruct"
+    assert answer["tokens"] > 0 and answer["model"] == "smollm2-135m-instruct" and answer["via"] == "memory"
+    via_text = run("ask", folder / "ferry.gmem", "Who is the captain of the ferry?", "--via", "text", "--json",
+                   "--max-new-tokens", "24")
+    assert "Ibsen" in json.loads(via_text.out)["answer"]
+
+
+@pytest.mark.full
+def test_the_shipped_reader_answers_the_demo_question(run, tmp_path):
+    """`make demo`'s story, written as the demo writes it, answered through the rebuilt text by the shipped bAbI
+    reader: "office"."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "story.gmem"
+    assert run("write", root / "samples/story.txt", "-o", out, "--space", "embed", "--init", "tokens", "--cycle", "0",
+               "--warmup", "0.1", "-q").code == 0
+    result = run("ask", out, "Where is Mary? Answer with one word.", "--via", "text", "--reader",
+                 root / "samples/readers/smollm2-babi-qa1", "--max-new-tokens", "8", "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["answer"].strip().strip(".").lower() == "office"
 
 
 def test_mismatched_model_refused(run, real_memory, tiny_model):
