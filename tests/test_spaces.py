@@ -159,7 +159,10 @@ def test_models_that_cannot_hold_kv_slots_are_refused(run, tmp_path, change, rea
     assert not (tmp_path / "d.gmem").exists()
 
 
-def test_a_reader_refuses_memories_of_another_space(tiny_model, tmp_path, run):
+@pytest.mark.parametrize("reads", ["memory", "context"])
+def test_a_reader_of_memories_refuses_another_space_and_a_reader_of_text_does_not(tiny_model, tmp_path, run, reads):
+    """A reader trained on embedding memories refuses a kv memory; one trained on text in the prompt
+    (input: context) reads any memory's rebuilt text."""
     from gradmem_cli import engine
     from gradmem_cli.errors import GradmemError
     from gradmem_cli.lm import adapter
@@ -171,25 +174,12 @@ def test_a_reader_refuses_memories_of_another_space(tiny_model, tmp_path, run):
     assert run("write", doc, "-o", out, "-m", tiny_model, *KV, "-q").code == 0
     lm = load_model(tiny_model, device="cpu")
     adapter.attach(lm, adapter.ReaderConfig(base_model=lm.spec, base_fingerprint=dataclasses.asdict(lm.fingerprint),
-                                            training={"space": "embed"}))
-    with pytest.raises(GradmemError, match="trained on embed memories"):
-        engine.open_reader(lm, memfile.load(out))
-
-
-def test_a_reader_of_text_reads_any_space(tiny_model, tmp_path, run):
-    """A reader trained on text in the prompt (input: context) reads a kv memory's rebuilt text."""
-    from gradmem_cli import engine
-    from gradmem_cli.lm import adapter
-    import dataclasses
-
-    doc = tmp_path / "d.txt"
-    doc.write_text(TEXT)
-    out = tmp_path / "d.gmem"
-    assert run("write", doc, "-o", out, "-m", tiny_model, *KV, "-q").code == 0
-    lm = load_model(tiny_model, device="cpu")
-    adapter.attach(lm, adapter.ReaderConfig(base_model=lm.spec, base_fingerprint=dataclasses.asdict(lm.fingerprint),
-                                            training={"space": "embed", "input": "context"}))
-    engine.check_model(lm, memfile.load(out))  # no refusal
+                                            training={"space": "embed", "input": reads}))
+    if reads == "memory":
+        with pytest.raises(GradmemError, match="trained on embed memories"):
+            engine.open_reader(lm, memfile.load(out))
+    else:
+        engine.check_model(lm, memfile.load(out))  # no refusal
 
 
 def test_the_default_space_is_kv_where_the_model_can_hold_it(run, tiny_model, tmp_path):
