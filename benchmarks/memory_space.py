@@ -172,10 +172,17 @@ def positions(args: argparse.Namespace) -> None:
 BANDS = ((100, 199), (200, 499), (500, 10**9))  # text tokens, as datasets/prose bands them
 
 
+def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % Wilson interval of a rate (sound at 0 and at n, where the normal one is not)."""
+    p, d = hits / n, 1 + z * z / n
+    middle, half = (p + z * z / (2 * n)) / d, z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / d
+    return max(0.0, middle - half), min(1.0, middle + half)
+
+
 def table(args: argparse.Namespace) -> None:
     """One row per arm (records of one arm may come from several files: lanes of one run), or per arm and
     length band with ``--bands``."""
-    lines = ["| arm | tokens | passages | exact | steps summed per passage, median (range) | seconds, median (total) | "
+    lines = ["| arm | tokens | passages | exact (95 % interval) | steps summed per passage, median (range) | seconds, median (total) | "
              "file bytes, median | text's KV cache / file, median |", "|---|---|---|---|---|---|---|---|"]
     arms: dict[str, list[dict]] = {}
     for path in args.files:
@@ -192,7 +199,8 @@ def table(args: argparse.Namespace) -> None:
             seconds = [r["seconds"] for r in records]
             band = "all" if not args.bands else f"{low}-{high}" if high < 10**9 else f"{low}+"
             lines.append(
-                f"| {arm} | {band} | {len(records)} | {sum(r['exact'] for r in records)} | {median(steps):g} "
+                f"| {arm} | {band} | {len(records)} | {sum(r['exact'] for r in records)} "
+                f"({'-'.join(f'{x:.2f}' for x in wilson(sum(r['exact'] for r in records), len(records)))}) | {median(steps):g} "
                 f"({min(steps)}-{max(steps)}) | {median(seconds):.1f} ({sum(seconds):.0f}) | "
                 f"{median([r['file_bytes'] for r in records]):.0f} | "
                 f"{median([r['kv_cache_bytes'] / r['file_bytes'] for r in records]):.1f}x |")
