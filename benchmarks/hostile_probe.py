@@ -673,7 +673,7 @@ def store_cases(w: Workshop) -> list[Case]:
     args = ["eval", "recon", "--data", str(data), "--conditions", "memory", "-m", str(w.model), *FAST]
     for label in ("forged", "truncated"):
         folder = w.path("store")
-        store = MemoryStore(folder, lm, WriteConfig(lr=0.3, steps=300).resolve(lm))
+        store = MemoryStore(folder, lm, WriteConfig(space="embed", lr=0.3, steps=300).resolve(lm))
         store.fill(texts)
         a, b = store.path(texts[0]), store.path(texts[1])
         if label == "forged":  # the other text's vectors under this text's name and header
