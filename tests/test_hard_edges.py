@@ -107,32 +107,32 @@ def test_existing_gmem_needs_force(run, doc, written, tiny_model):
 
 def test_a_file_that_appears_during_the_write_is_kept(run, doc, tiny_model, tmp_path, monkeypatch):
     """Two writes to one -o: the one that finishes second fails instead of silently replacing."""
-    from gradmem_cli import engine
+    from gradmem_cli.engine import folders
 
     out = tmp_path / "race.gmem"
-    real = engine.memorize
+    real = folders.memorize
 
     def other_process_finishes_first(*args, **kwargs):
         for item in real(*args, **kwargs):
             out.write_bytes(b"the other write's file")
             yield item
 
-    monkeypatch.setattr(engine, "memorize", other_process_finishes_first)
+    monkeypatch.setattr(folders, "memorize", other_process_finishes_first)
     line = _one_line_error(run("write", doc, "-o", out, "-m", tiny_model, *FAST, "-q"))
     assert "appeared while this write ran" in line and out.read_bytes() == b"the other write's file"
 
 
 def test_a_gmem_changed_during_a_forced_write_is_kept(run, doc, written, tiny_model, monkeypatch):
-    from gradmem_cli import engine
+    from gradmem_cli.engine import folders
 
-    real = engine.memorize
+    real = folders.memorize
 
     def other_process_replaces_it(*args, **kwargs):
         for item in real(*args, **kwargs):
             written.write_bytes(b"replaced by someone else")
             yield item
 
-    monkeypatch.setattr(engine, "memorize", other_process_replaces_it)
+    monkeypatch.setattr(folders, "memorize", other_process_replaces_it)
     line = _one_line_error(run("write", doc, "-o", written, "-m", tiny_model, *FAST, "-q", "--force"))
     assert "changed while this write ran" in line and written.read_bytes() == b"replaced by someone else"
 
