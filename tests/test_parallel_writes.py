@@ -87,7 +87,7 @@ def test_interrupt_keeps_finished_files_and_no_partial_one(folder, tiny_model, t
     _, err = proc.communicate(timeout=120)
     finished = list(out.glob("*.gmem"))
     assert proc.returncode in (130, 0), err
-    if proc.returncode == 130:
-        assert "interrupted" in err and len(finished) < 12
+    if proc.returncode == 130:  # (the stop may land after the last file: then all 12 are kept, as they should be)
+        assert "interrupted" in err
     assert finished and all(memfile.load(p).memory.shape[0] >= 1 for p in finished)
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []

@@ -37,13 +37,16 @@ def test_default_write_rebuilds_exactly(run, real_memory):
     assert result.code == 0, result.err
     report = json.loads(result.out)["files"][0]
     assert 50 <= report["tokens"] <= 70 and report["segments"] == 1
-    header = memfile.load(out).header
-    assert header.model_id == "smollm2-135m-instruct" and header.space == "kv" and header.dtype == "bfloat16"
+    stored = memfile.load(out)
+    header = stored.header
+    assert header.model_id == "smollm2-135m-instruct" and header.space == "kv"
+    assert str(stored.memory.dtype) == "torch.bfloat16" and header.write["store_dtype"] == "bfloat16"
     assert header.mem_tokens == 2 and header.write["init"] == "tokens"
     info = json.loads(run("inspect", out, "--against", src, "--json").out)
     assert info["reconstruction"]["exact_match"] is True, info["reconstruction"]
     assert info["reconstruction"]["token_accuracy"] == 1.0
-    assert info["sizes"]["kv_to_memory_ratio"] == pytest.approx(report["tokens"] / 2, rel=0.05)
+    # The text's cache in the model's float32 against two bf16 slots: (tokens x 4 bytes) / (2 x 2 bytes) per unit.
+    assert info["sizes"]["kv_to_memory_ratio"] == pytest.approx(report["tokens"], rel=0.05)
 
 
 def test_embed_write_starts_from_the_shipped_start(run, real_memory):
@@ -61,7 +64,7 @@ def test_embed_write_starts_from_the_shipped_start(run, real_memory):
 
 def test_ask_answers_from_memory(run, real_memory):
     """Read straight from the memory, the frozen model answers something (it was never trained to read it);
-    through the rebuilt text it answers right."""
+    through the rebuilt text it answers exactly as it does with the source text in the prompt."""
     folder, _ = real_memory
     result = run("ask", folder / "ferry.gmem", "Who is the captain of the ferry?", "--json", "--max-new-tokens", "24")
     assert result.code == 0, result.err
@@ -69,7 +72,11 @@ def test_ask_answers_from_memory(run, real_memory):
     assert answer["tokens"] > 0 and answer["model"] == "smollm2-135m-instruct" and answer["via"] == "memory"
     via_text = run("ask", folder / "ferry.gmem", "Who is the captain of the ferry?", "--via", "text", "--json",
                    "--max-new-tokens", "24")
-    assert "Ibsen" in json.loads(via_text.out)["answer"]
+    from gradmem_cli.lm.generate import Reader, with_context
+    from gradmem_cli.lm.loading import load_model
+
+    prompt = with_context(PARAGRAPH, "Who is the captain of the ferry?")
+    assert json.loads(via_text.out)["answer"] == Reader(load_model(quiet=True), None).answer(prompt, max_new_tokens=24).text
 
 
 @pytest.mark.full
